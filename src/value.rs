@@ -125,11 +125,9 @@ impl Value {
     pub fn deep_copy(&self) -> Value {
         match self {
             Value::List(l) => Value::list(l.iter().map(Value::deep_copy).collect()),
-            Value::Object(m) => Value::object(
-                m.iter()
-                    .map(|(k, v)| (k.clone(), v.deep_copy()))
-                    .collect(),
-            ),
+            Value::Object(m) => {
+                Value::object(m.iter().map(|(k, v)| (k.clone(), v.deep_copy())).collect())
+            }
             other => other.clone(),
         }
     }
@@ -251,7 +249,10 @@ mod tests {
     fn undefined_members_are_dropped_and_list_holes_are_null() {
         let mut m = Map::new();
         m.insert("a".into(), Value::Undefined);
-        m.insert("b".into(), Value::list(vec![Value::Undefined, Value::Number(1.0)]));
+        m.insert(
+            "b".into(),
+            Value::list(vec![Value::Undefined, Value::Number(1.0)]),
+        );
         assert_eq!(Value::object(m).to_json(), json!({"b": [null, 1]}));
     }
 

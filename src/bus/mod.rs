@@ -1,0 +1,98 @@
+//! Events and the bus that carries them between automations.
+//!
+//! One trait, [`Bus`], with an embedded in-process implementation (the default,
+//! no external service) that a NATS implementation joins for several instances.
+//! The bus only moves events: running the listeners of an event is the job of
+//! the [`EventHandler`] the runtime registers, so every implementation decides
+//! where (on which instance) an event runs and when it counts as handled.
+
+mod embedded;
+
+pub use embedded::EmbeddedBus;
+
+use crate::value::{Map, Value};
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// Type of the event sent after every execution.
+pub const EXECUTED: &str = "runtime.automations.executed";
+
+/// An event of a workspace.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Unique id.
+    pub id: String,
+    /// Workspace the event belongs to.
+    pub workspace: String,
+    /// Event type (`user.created`).
+    pub kind: String,
+    /// The event payload.
+    pub payload: Value,
+    /// `source`: correlationId, workspaceId, automationSlug, depth, ...
+    pub source: Map,
+    /// ISO 8601 creation time.
+    pub created_at: String,
+}
+
+impl Event {
+    /// The event as automations see it (`{id, type, source, payload, createdAt, size}`).
+    pub fn to_value(&self) -> Value {
+        let mut m = Map::with_capacity(6);
+        m.insert("id".into(), Value::str(self.id.as_str()));
+        m.insert("type".into(), Value::str(self.kind.as_str()));
+        m.insert("source".into(), Value::object(self.source.clone()));
+        m.insert("payload".into(), self.payload.clone());
+        m.insert("createdAt".into(), Value::str(self.created_at.as_str()));
+        let size = Value::object(m.clone()).to_json_string().len();
+        m.insert("size".into(), Value::Number(size as f64));
+        Value::object(m)
+    }
+
+    /// The correlation id carried in `source`.
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.source.get("correlationId").and_then(Value::as_str)
+    }
+
+    /// The emitter's call depth carried in `source` (0 for events from outside).
+    pub fn depth(&self) -> u32 {
+        self.source
+            .get("depth")
+            .and_then(Value::as_f64)
+            .map(|d| d.max(0.0) as u32)
+            .unwrap_or(0)
+    }
+}
+
+/// Runs the listeners of an event; implemented by the runtime.
+pub trait EventHandler: Send + Sync + 'static {
+    /// Runs every automation listening to `event` and resolves when they finished.
+    fn handle(&self, event: Arc<Event>) -> BoxFuture<'static, ()>;
+}
+
+/// Why the bus could not take an event.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The bus is shut down.
+    #[error("the event bus is closed")]
+    Closed,
+    /// The broker refused or could not be reached.
+    #[error("event bus: {0}")]
+    Broker(String),
+}
+
+/// Carries events to the automations that listen to them, and to watchers.
+pub trait Bus: Send + Sync + 'static {
+    /// Registers the handler that runs listeners; call once before publishing.
+    fn start(&self, handler: Arc<dyn EventHandler>);
+    /// Publishes an emitted event: watchers see it and its listeners run once.
+    fn publish(&self, event: Event) -> BoxFuture<'_, Result<(), BusError>>;
+    /// Publishes a notification (the executed event): watchers only, no listeners.
+    fn notify(&self, event: Event);
+    /// Whether anyone (a `wait`, an SSE client, other instances) can see notifications.
+    fn has_watchers(&self) -> bool;
+    /// Every event this instance sees, for `wait` and the SSE stream.
+    fn watch(&self) -> broadcast::Receiver<Arc<Event>>;
+    /// Resolves once every event published so far has been handled (used by `sluice run`).
+    fn settled(&self) -> BoxFuture<'_, ()>;
+}

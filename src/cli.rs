@@ -1,0 +1,245 @@
+//! The author-facing commands: `sluice run` and `sluice validate` (SPEC §2).
+//!
+//! Each returns the process exit code: 0 success, 1 the automation failed (or
+//! validation found problems), 2 bad input. Messages a user can act on go to
+//! stderr, one line each; stdout carries only the result.
+
+use crate::bus::EmbeddedBus;
+use crate::config::Settings;
+use crate::runtime::{Runtime, Start, Trigger};
+use crate::value::{number_to_json, Map, Value};
+use crate::workspace;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Arguments of `sluice run`.
+pub struct RunArgs {
+    /// The automation's slug.
+    pub slug: String,
+    /// The workspace folder.
+    pub workspace: PathBuf,
+    /// The trigger payload (JSON object text).
+    pub payload: String,
+    /// The secrets file.
+    pub secrets: Option<PathBuf>,
+    /// Print the JSON report.
+    pub report: bool,
+    /// A settings file.
+    pub config: Option<PathBuf>,
+}
+
+fn init_logs(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// `sluice run`: runs one automation and the listeners of its events.
+pub fn run(args: RunArgs) -> u8 {
+    init_logs("warn");
+    let settings = match Settings::load(args.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return 2;
+        }
+    };
+    let payload = match serde_json::from_str::<serde_json::Value>(&args.payload) {
+        Ok(serde_json::Value::Object(o)) => match Value::from(serde_json::Value::Object(o)) {
+            Value::Object(m) => Arc::unwrap_or_clone(m),
+            _ => Map::new(),
+        },
+        Ok(_) => {
+            eprintln!("sluice: --payload must be a JSON object, like '{{\"body\": {{}}}}'");
+            return 2;
+        }
+        Err(e) => {
+            eprintln!("sluice: --payload is not valid JSON: {e}");
+            return 2;
+        }
+    };
+    let secrets = args.secrets.clone().or_else(|| {
+        let id = workspace_id(&args.workspace);
+        let f = settings.secrets.join(format!("{id}.yml"));
+        f.exists().then_some(f)
+    });
+    if let Some(s) = &args.secrets {
+        if !s.is_file() {
+            eprintln!("sluice: --secrets {}: no such file", s.display());
+            return 2;
+        }
+    }
+    let ws = match workspace::load(&args.workspace, secrets.as_deref()) {
+        Ok(ws) => ws,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            return 2;
+        }
+    };
+    let tokio = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sluice: cannot start the async runtime: {e}");
+            return 2;
+        }
+    };
+    tokio.block_on(run_async(args, settings, ws, payload))
+}
+
+async fn run_async(
+    args: RunArgs,
+    settings: Settings,
+    ws: workspace::Workspace,
+    payload: Map,
+) -> u8 {
+    let runtime = match Runtime::new(settings, Arc::new(EmbeddedBus::new())) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return 2;
+        }
+    };
+    let id = ws.id.clone();
+    if ws.automation(&args.slug).is_none() {
+        eprintln!(
+            "sluice: no automation `{}` in workspace {} (known: {})",
+            args.slug,
+            args.workspace.display(),
+            known_slugs(&ws)
+        );
+        return 2;
+    }
+    for problem in runtime.install(ws) {
+        eprintln!("sluice: {problem}");
+    }
+    runtime.record_emits();
+    let result = runtime
+        .run(Start {
+            workspace: id,
+            slug: args.slug.clone(),
+            payload,
+            trigger: Trigger::new("endpoint", args.slug.as_str()),
+            correlation_id: None,
+            depth: 0,
+            http: None,
+        })
+        .await;
+    // Listeners of the emitted events run too before the command ends.
+    runtime.bus().settled().await;
+    let emitted: Vec<serde_json::Value> = runtime
+        .take_recorded()
+        .into_iter()
+        .map(|e| serde_json::json!({"event": e.kind, "payload": e.payload.to_json()}))
+        .collect();
+    let code = if result.is_ok() { 0 } else { 1 };
+    if args.report {
+        let (output, throttled, duration, error) = match &result {
+            Ok(o) => (
+                o.output.to_json(),
+                o.throttled.as_millis(),
+                o.duration.as_millis(),
+                serde_json::Value::Null,
+            ),
+            Err(e) => (
+                serde_json::Value::Null,
+                0,
+                0,
+                serde_json::json!({"message": e.to_string(), "error": e.kind.name()}),
+            ),
+        };
+        let report = serde_json::json!({
+            "output": output,
+            "emitted": emitted,
+            "throttled": number_to_json(throttled as f64),
+            "duration": number_to_json(duration as f64),
+            "error": error,
+        });
+        println!("{report}");
+    } else {
+        match &result {
+            Ok(o) => println!("{}", o.output.to_json()),
+            Err(e) => eprintln!("sluice: {e}"),
+        }
+    }
+    code
+}
+
+fn known_slugs(ws: &workspace::Workspace) -> String {
+    let mut slugs: Vec<&str> = ws.automations.keys().map(String::as_str).collect();
+    slugs.sort();
+    if slugs.is_empty() {
+        "none".into()
+    } else {
+        slugs.join(", ")
+    }
+}
+
+fn workspace_id(dir: &Path) -> String {
+    dir.canonicalize()
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// `sluice validate`: reports every problem as `path:line:column: message`.
+pub fn validate(dirs: &[PathBuf]) -> u8 {
+    init_logs("warn");
+    let mut problems = 0;
+    for dir in dirs {
+        if !dir.is_dir() {
+            eprintln!("{}: not a workspace folder", dir.display());
+            problems += 1;
+            continue;
+        }
+        match workspace::load(dir, None) {
+            Err(errors) => {
+                for e in &errors {
+                    eprintln!("{e}");
+                }
+                problems += errors.len();
+            }
+            Ok(ws) => {
+                let mut found = ws.diagnostics.clone();
+                let mut slugs: Vec<&String> = ws.automations.keys().collect();
+                slugs.sort();
+                for slug in slugs {
+                    let a = &ws.automations[slug];
+                    for (callee, line) in a.calls() {
+                        if ws.automation(callee).is_none() {
+                            found.push(crate::dsl::Diagnostic {
+                                file: a.file.clone(),
+                                line,
+                                column: 0,
+                                message: format!(
+                                    "`{callee}` is neither an instruction nor an automation of this workspace"
+                                ),
+                            });
+                        }
+                    }
+                }
+                found.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+                for d in &found {
+                    eprintln!("{d}");
+                }
+                problems += found.len();
+                if found.is_empty() {
+                    println!("{}: {} automations ok", dir.display(), ws.automations.len());
+                }
+            }
+        }
+    }
+    if problems > 0 {
+        1
+    } else {
+        0
+    }
+}

@@ -1,0 +1,466 @@
+//! Turns one automation file's YAML into an [`Automation`].
+
+use super::{Automation, Diagnostic, Instruction, Kind, Locator, Node, When};
+use crate::expr::{Expr, Template};
+use crate::value::{Map, Value};
+use std::path::Path;
+
+/// An automation and the problems found while compiling it.
+pub struct Compiled {
+    /// The automation, runnable even when `diagnostics` is not empty.
+    pub automation: Automation,
+    /// Problems `validate` reports (the automation fails when it reaches them).
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Parses and compiles one automation file. A YAML syntax error or a file that is
+/// not an automation mapping is an error; other mistakes become diagnostics.
+pub fn parse_automation(file: &Path, text: &str) -> Result<Compiled, Diagnostic> {
+    let yaml: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        Diagnostic {
+            file: file.to_path_buf(),
+            line,
+            column,
+            message: format!("invalid YAML: {}", strip_location(&e.to_string())),
+        }
+    })?;
+    let root = from_yaml(yaml);
+    let at_top = |message: String| Diagnostic {
+        file: file.to_path_buf(),
+        line: 1,
+        column: 1,
+        message,
+    };
+    let map = match &root {
+        Value::Object(m) => m.clone(),
+        other => {
+            return Err(at_top(format!(
+                "an automation file must be a mapping with `do:`, found {}",
+                describe(other)
+            )))
+        }
+    };
+    let mut c = Compiler {
+        file,
+        locator: Locator::new(text),
+        diagnostics: Vec::new(),
+    };
+    let slug = match map.get("slug") {
+        Some(Value::String(s)) => s.to_string(),
+        Some(other) => {
+            return Err(at_top(format!(
+                "`slug` must be a string, found {}",
+                describe(other)
+            )))
+        }
+        None => file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    };
+    if slug.is_empty() || slug.contains('.') {
+        return Err(at_top(format!(
+            "invalid slug `{slug}`: it must be non-empty and contain no `.`"
+        )));
+    }
+    let when = c.when(map.get("when"));
+    let body = match map.get("do") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(v) => c.block(v, "do"),
+    };
+    let output = map.get("output").map(|v| c.node(v));
+    let automation = Automation {
+        slug,
+        file: file.to_path_buf(),
+        when,
+        arguments: map.get("arguments").cloned(),
+        validate_arguments: map
+            .get("validateArguments")
+            .is_some_and(|v| matches!(v, Value::Bool(true))),
+        disabled: map
+            .get("disabled")
+            .is_some_and(|v| matches!(v, Value::Bool(true))),
+        body,
+        output,
+    };
+    Ok(Compiled {
+        automation,
+        diagnostics: c.diagnostics,
+    })
+}
+
+/// Converts parsed YAML into a runtime value (tags are ignored, keys stringified).
+pub fn from_yaml(y: serde_yaml::Value) -> Value {
+    use serde_yaml::Value as Y;
+    match y {
+        Y::Null => Value::Null,
+        Y::Bool(b) => Value::Bool(b),
+        Y::Number(n) => Value::Number(n.as_f64().unwrap_or(f64::NAN)),
+        Y::String(s) => Value::str(s),
+        Y::Sequence(items) => Value::list(items.into_iter().map(from_yaml).collect()),
+        Y::Mapping(m) => {
+            let mut map = Map::with_capacity(m.len());
+            for (k, v) in m {
+                map.insert(yaml_key(k), from_yaml(v));
+            }
+            Value::object(map)
+        }
+        Y::Tagged(t) => from_yaml(t.value),
+    }
+}
+
+fn yaml_key(k: serde_yaml::Value) -> String {
+    match k {
+        serde_yaml::Value::String(s) => s,
+        serde_yaml::Value::Null => "null".into(),
+        other => match from_yaml(other) {
+            Value::String(s) => s.to_string(),
+            v => crate::expr::to_template_string(&v),
+        },
+    }
+}
+
+/// serde_yaml's messages end in "at line L column C", which the diagnostic
+/// already shows in front.
+fn strip_location(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(p) => msg[..p].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Undefined | Value::Null => "nothing".into(),
+        Value::String(s) => format!("the string `{s}`"),
+        other => format!("a value of type {}", other.type_name()),
+    }
+}
+
+struct Compiler<'a> {
+    file: &'a Path,
+    locator: Locator<'a>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Compiler<'_> {
+    fn report(&mut self, (line, column): (usize, usize), message: String) {
+        self.diagnostics.push(Diagnostic {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            message,
+        });
+    }
+
+    fn when(&mut self, v: Option<&Value>) -> When {
+        let mut when = When::default();
+        let Some(Value::Object(m)) = v else {
+            return when;
+        };
+        match m.get("endpoint") {
+            Some(Value::Bool(true)) => when.endpoint = Some(String::new()),
+            Some(Value::String(s)) if !s.is_empty() => when.endpoint = Some(s.to_string()),
+            _ => {}
+        }
+        when.events = self.string_list(m.get("events"), "when.events");
+        when.schedules = self.string_list(m.get("schedules"), "when.schedules");
+        if when
+            .events
+            .iter()
+            .any(|e| e == "runtime.automations.executed")
+        {
+            let pos = self.locator.find("runtime.automations.executed");
+            self.report(
+                pos,
+                "`runtime.automations.executed` cannot trigger an automation (it would loop); use it in `wait`".into(),
+            );
+            when.events.retain(|e| e != "runtime.automations.executed");
+        }
+        when
+    }
+
+    fn string_list(&mut self, v: Option<&Value>, field: &str) -> Vec<String> {
+        match v {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(s)) => vec![s.to_string()],
+            Some(Value::List(items)) => items
+                .iter()
+                .filter_map(|i| match i {
+                    Value::String(s) => Some(s.to_string()),
+                    _ => None,
+                })
+                .collect(),
+            Some(other) => {
+                let pos = self
+                    .locator
+                    .find_key(field.rsplit('.').next().unwrap_or(field));
+                self.report(
+                    pos,
+                    format!(
+                        "`{field}` must be a list of strings, found {}",
+                        describe(other)
+                    ),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// Compiles a value into a node, reporting template errors with their place.
+    fn node(&mut self, v: &Value) -> Node {
+        match v {
+            Value::String(s) if s.contains("{{") || s.contains("{%") => match Template::parse(s) {
+                Ok(t) if t.is_literal() => Node::Const(v.clone()),
+                Ok(t) => Node::Template(Box::new(t)),
+                Err(e) => {
+                    let pos = self.locator.find(s.lines().next().unwrap_or(s));
+                    self.report(pos, e.to_string());
+                    Node::Invalid(e)
+                }
+            },
+            Value::List(items) => {
+                let nodes: Vec<Node> = items.iter().map(|i| self.node(i)).collect();
+                if nodes.iter().all(|n| n.as_const().is_some()) {
+                    Node::Const(v.clone())
+                } else {
+                    Node::List(nodes)
+                }
+            }
+            Value::Object(m) => {
+                let members: Vec<(String, Node)> =
+                    m.iter().map(|(k, v)| (k.clone(), self.node(v))).collect();
+                if members.iter().all(|(_, n)| n.as_const().is_some()) {
+                    Node::Const(v.clone())
+                } else {
+                    Node::Object(members)
+                }
+            }
+            other => Node::Const(other.clone()),
+        }
+    }
+
+    fn block(&mut self, v: &Value, field: &str) -> Vec<Instruction> {
+        match v {
+            Value::Null => Vec::new(),
+            Value::List(items) => items.iter().filter_map(|i| self.instruction(i)).collect(),
+            other => {
+                let pos = self.locator.find_key(field);
+                let message = format!(
+                    "`{field}` must be a list of instructions, found {}",
+                    describe(other)
+                );
+                self.report(pos, message.clone());
+                vec![Instruction {
+                    kind: Kind::Invalid(message),
+                    line: pos.0,
+                }]
+            }
+        }
+    }
+
+    fn instruction(&mut self, v: &Value) -> Option<Instruction> {
+        let m = match v {
+            Value::Null => return None,
+            Value::Object(m) => m,
+            other => {
+                let message = format!(
+                    "an instruction must be a mapping like `- set: {{...}}`, found {}",
+                    describe(other)
+                );
+                let pos = match other {
+                    Value::String(s) => self.locator.find(s),
+                    _ => (0, 0),
+                };
+                self.report(pos, message.clone());
+                return Some(Instruction {
+                    kind: Kind::Invalid(message),
+                    line: pos.0,
+                });
+            }
+        };
+        let (name, value) = m.first()?;
+        let pos = self.locator.find_key(name);
+        let kind = self.kind(name, value, pos);
+        Some(Instruction { kind, line: pos.0 })
+    }
+
+    fn invalid(&mut self, pos: (usize, usize), message: String) -> Kind {
+        self.report(pos, message.clone());
+        Kind::Invalid(message)
+    }
+
+    fn kind(&mut self, name: &str, value: &Value, pos: (usize, usize)) -> Kind {
+        if name == "comment" {
+            // The reference fails on an empty comment; DSUL §10.24 prefers accepting it.
+            return Kind::Comment;
+        }
+        if value.is_nullish() {
+            return self.invalid(
+                pos,
+                format!("Invalid {name} instruction : undefined or null payload"),
+            );
+        }
+        match name {
+            "set" | "delete" => {
+                let Value::Object(m) = value else {
+                    return self.invalid(
+                        pos,
+                        format!(
+                            "`{name}` takes a mapping with `name`, found {}",
+                            describe(value)
+                        ),
+                    );
+                };
+                let Some(var) = m.get("name") else {
+                    return self.invalid(pos, format!("`{name}` needs a `name` field"));
+                };
+                let var = self.node(var);
+                if name == "delete" {
+                    return Kind::Delete { name: var };
+                }
+                Kind::Set {
+                    name: var,
+                    value: self.node(m.get("value").unwrap_or(&Value::Undefined)),
+                    kind: m.get("type").map(|t| self.node(t)),
+                }
+            }
+            "conditions" => self.conditions(value, pos),
+            "repeat" => {
+                let Value::Object(m) = value else {
+                    return self.invalid(
+                        pos,
+                        format!(
+                            "`repeat` takes a mapping with `do`, found {}",
+                            describe(value)
+                        ),
+                    );
+                };
+                Kind::Repeat {
+                    on: m.get("on").map(|v| self.node(v)),
+                    until: m.get("until").map(|v| self.node(v)),
+                    body: m.get("do").map(|v| self.block(v, "do")).unwrap_or_default(),
+                }
+            }
+            "all" => match value {
+                Value::List(_) => Kind::All(self.block(value, "all")),
+                other => self.invalid(
+                    pos,
+                    format!(
+                        "`all` takes a list of instructions, found {}",
+                        describe(other)
+                    ),
+                ),
+            },
+            "break" => Kind::Break {
+                scope: match value {
+                    Value::Object(m) => m
+                        .get("scope")
+                        .map(|s| self.node(s))
+                        .unwrap_or(Node::Const(Value::Undefined)),
+                    _ => Node::Const(Value::Undefined),
+                },
+            },
+            "emit" => Kind::Emit(self.node(value)),
+            "wait" => Kind::Wait(self.node(value)),
+            "fetch" => Kind::Fetch(self.node(value)),
+            "createUserTopic" | "joinUserTopic" => self.invalid(
+                pos,
+                format!("`{name}` needs the Prisme.ai events service, which sluice does not have"),
+            ),
+            slug => Kind::Call {
+                slug: slug.to_string(),
+                args: self.node(value),
+            },
+        }
+    }
+
+    fn conditions(&mut self, value: &Value, pos: (usize, usize)) -> Kind {
+        let Value::Object(m) = value else {
+            return self.invalid(
+                pos,
+                format!(
+                    "`conditions` takes a mapping of expressions to instruction lists, found {}",
+                    describe(value)
+                ),
+            );
+        };
+        let mut branches = Vec::new();
+        let mut default = None;
+        for (key, body) in m.iter() {
+            if key == "default" {
+                default = Some(self.block(body, "default"));
+                continue;
+            }
+            let key_pos = self.locator.find(key);
+            let expr = Expr::parse(key);
+            if let Err(e) = &expr {
+                // Reported now; the reference fails only when it evaluates this key.
+                self.report(key_pos, e.to_string());
+            }
+            branches.push((expr, self.block(body, key)));
+        }
+        Kind::Conditions { branches, default }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn compile(text: &str) -> Compiled {
+        match parse_automation(&PathBuf::from("ws/a.yml"), text) {
+            Ok(c) => c,
+            Err(d) => panic!("{d}"),
+        }
+    }
+
+    #[test]
+    fn slug_defaults_to_the_file_stem() {
+        let c = compile("do: []\n");
+        assert_eq!(c.automation.slug, "a");
+        assert!(c.diagnostics.is_empty());
+    }
+
+    #[test]
+    fn yaml_errors_carry_file_line_and_column() {
+        let err = parse_automation(&PathBuf::from("ws/a.yml"), "do:\n  - set: {name: a\n")
+            .err()
+            .map(|d| d.to_string())
+            .unwrap_or_default();
+        assert!(err.starts_with("ws/a.yml:"), "{err}");
+        assert!(err.contains("invalid YAML"), "{err}");
+    }
+
+    #[test]
+    fn bad_expression_is_a_diagnostic_at_its_line() {
+        let c = compile("do:\n  - set:\n      name: a\n      value: '{% 1 + %}'\n");
+        assert_eq!(c.diagnostics.len(), 1);
+        assert_eq!(c.diagnostics[0].line, 4);
+    }
+
+    #[test]
+    fn null_instruction_compiles_to_a_failure() {
+        let c = compile("do:\n  - set:\n");
+        assert!(matches!(c.automation.body[0].kind, Kind::Invalid(_)));
+        assert_eq!(c.diagnostics[0].line, 2);
+    }
+
+    #[test]
+    fn unknown_names_are_calls_with_lines() {
+        let c = compile("do:\n  - comment: hi\n  - other: {x: 1}\n");
+        assert_eq!(c.automation.calls(), vec![("other", 3)]);
+    }
+
+    #[test]
+    fn endpoint_true_means_the_slug() {
+        let c = compile("slug: s\nwhen:\n  endpoint: true\n  events: [a.b]\ndo: []\n");
+        assert_eq!(c.automation.when.endpoint.as_deref(), Some(""));
+        assert_eq!(c.automation.when.events, vec!["a.b".to_string()]);
+    }
+}

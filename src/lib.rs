@@ -1,0 +1,22 @@
+//! sluice: a multi-tenant automation runtime for Prisme.ai DSUL workflows.
+//!
+//! # Layout
+//! - [`value`]: the value model (JSON plus JavaScript's `undefined`).
+//! - [`expr`]: `{{ }}` templates, `{% %}` expressions and variable paths.
+//! - [`dsl`]: automation files compiled into instructions, with diagnostics.
+//! - [`workspace`]: workspaces on disk, their config and secrets.
+//! - [`runtime`]: the interpreter and its contexts.
+//! - [`limits`]: per-workspace burst-capable limiters and throttle accounting.
+//! - [`bus`]: the event bus trait and its embedded implementation.
+//! - [`config`]: settings from defaults, a file and the environment.
+//! - [`cli`]: the `run` and `validate` commands.
+
+pub mod bus;
+pub mod cli;
+pub mod config;
+pub mod dsl;
+pub mod expr;
+pub mod limits;
+pub mod runtime;
+pub mod value;
+pub mod workspace;

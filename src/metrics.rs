@@ -1,0 +1,180 @@
+//! Prometheus metrics: executions, errors, durations, throttling and bus health.
+//!
+//! A small hand-written registry: the label sets are few and known (workspace,
+//! slug, limit), and the text format is simple, so a metrics crate would add
+//! more machinery than it saves. Counters sit in one mutex-protected map per
+//! family; the render walks them in sorted order for stable output.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the execution duration histogram.
+const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+#[derive(Default)]
+struct Families {
+    executions: BTreeMap<(String, String), u64>,
+    errors: BTreeMap<(String, String), u64>,
+    durations: BTreeMap<String, Histogram>,
+    throttled: BTreeMap<(String, &'static str), (f64, u64)>,
+}
+
+/// The process's metrics.
+#[derive(Default)]
+pub struct Metrics {
+    families: Mutex<Families>,
+    bus_pending: AtomicU64,
+    bus_redeliveries: AtomicU64,
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    fn with<R>(&self, f: impl FnOnce(&mut Families) -> R) -> R {
+        f(&mut self.families.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Counts one finished execution.
+    pub fn execution(&self, workspace: &str, slug: &str, duration: Duration, failed: bool) {
+        let secs = duration.as_secs_f64();
+        self.with(|f| {
+            let key = (workspace.to_string(), slug.to_string());
+            if failed {
+                *f.errors.entry(key.clone()).or_default() += 1;
+            }
+            *f.executions.entry(key).or_default() += 1;
+            let h = f.durations.entry(workspace.to_string()).or_default();
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                if secs <= *bound {
+                    h.counts[i] += 1;
+                }
+            }
+            h.sum += secs;
+            h.count += 1;
+        });
+    }
+
+    /// Counts one wait on a limiter.
+    pub fn throttled(&self, workspace: &str, limit: &'static str, waited: Duration) {
+        self.with(|f| {
+            let e = f
+                .throttled
+                .entry((workspace.to_string(), limit))
+                .or_default();
+            e.0 += waited.as_secs_f64();
+            e.1 += 1;
+        });
+    }
+
+    /// Sets how many events wait for their listeners on this instance.
+    pub fn set_bus_pending(&self, n: u64) {
+        self.bus_pending.store(n, Ordering::Relaxed);
+    }
+
+    /// Counts an event delivered again after a failure or a dead instance.
+    pub fn redelivered(&self) {
+        self.bus_redeliveries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        self.with(|f| {
+            out.push_str("# HELP sluice_executions_total Automation executions.\n# TYPE sluice_executions_total counter\n");
+            for ((ws, slug), n) in &f.executions {
+                let _ = writeln!(
+                    out,
+                    "sluice_executions_total{{workspace=\"{}\",slug=\"{}\"}} {n}",
+                    escape(ws),
+                    escape(slug)
+                );
+            }
+            out.push_str("# HELP sluice_execution_errors_total Failed automation executions.\n# TYPE sluice_execution_errors_total counter\n");
+            for ((ws, slug), n) in &f.errors {
+                let _ = writeln!(
+                    out,
+                    "sluice_execution_errors_total{{workspace=\"{}\",slug=\"{}\"}} {n}",
+                    escape(ws),
+                    escape(slug)
+                );
+            }
+            out.push_str("# HELP sluice_execution_duration_seconds Execution wall time, throttling included.\n# TYPE sluice_execution_duration_seconds histogram\n");
+            for (ws, h) in &f.durations {
+                let ws = escape(ws);
+                for (i, bound) in BUCKETS.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "sluice_execution_duration_seconds_bucket{{workspace=\"{ws}\",le=\"{bound}\"}} {}",
+                        h.counts[i]
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "sluice_execution_duration_seconds_bucket{{workspace=\"{ws}\",le=\"+Inf\"}} {}\nsluice_execution_duration_seconds_sum{{workspace=\"{ws}\"}} {}\nsluice_execution_duration_seconds_count{{workspace=\"{ws}\"}} {}",
+                    h.count, h.sum, h.count
+                );
+            }
+            out.push_str("# HELP sluice_throttled_seconds_total Time spent waiting on limiters.\n# TYPE sluice_throttled_seconds_total counter\n");
+            for ((ws, limit), (secs, _)) in &f.throttled {
+                let _ = writeln!(
+                    out,
+                    "sluice_throttled_seconds_total{{workspace=\"{}\",limit=\"{limit}\"}} {secs}",
+                    escape(ws)
+                );
+            }
+            out.push_str("# HELP sluice_throttle_waits_total Waits on limiters.\n# TYPE sluice_throttle_waits_total counter\n");
+            for ((ws, limit), (_, n)) in &f.throttled {
+                let _ = writeln!(
+                    out,
+                    "sluice_throttle_waits_total{{workspace=\"{}\",limit=\"{limit}\"}} {n}",
+                    escape(ws)
+                );
+            }
+        });
+        let _ = writeln!(
+            out,
+            "# HELP sluice_bus_pending_events Events taken by this instance whose listeners have not finished.\n# TYPE sluice_bus_pending_events gauge\nsluice_bus_pending_events {}",
+            self.bus_pending.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP sluice_bus_redeliveries_total Events delivered again after a failure or a lost instance.\n# TYPE sluice_bus_redeliveries_total counter\nsluice_bus_redeliveries_total {}",
+            self.bus_redeliveries.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histogram_and_throttling() {
+        let m = Metrics::default();
+        m.execution("ws", "hello", Duration::from_millis(3), false);
+        m.execution("ws", "hello", Duration::from_millis(30), true);
+        m.throttled("ws", "emits", Duration::from_millis(250));
+        let text = m.render();
+        assert!(text.contains("sluice_executions_total{workspace=\"ws\",slug=\"hello\"} 2"));
+        assert!(text.contains("sluice_execution_errors_total{workspace=\"ws\",slug=\"hello\"} 1"));
+        assert!(text.contains("sluice_execution_duration_seconds_bucket{workspace=\"ws\",le=\"0.005\"} 1"));
+        assert!(text.contains("sluice_execution_duration_seconds_count{workspace=\"ws\"} 2"));
+        assert!(text.contains("sluice_throttled_seconds_total{workspace=\"ws\",limit=\"emits\"} 0.25"));
+        assert!(text.contains("sluice_throttle_waits_total{workspace=\"ws\",limit=\"emits\"} 1"));
+    }
+}

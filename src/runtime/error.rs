@@ -1,0 +1,88 @@
+//! Execution errors: the reference's error names plus a message a user can act on.
+
+use crate::expr::ExprError;
+use std::fmt;
+
+/// The kind of failure, named as in the reference runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Unknown or disabled automation (`ObjectNotFoundError`).
+    NotFound,
+    /// A malformed instruction (`InvalidInstructionError`).
+    InvalidInstruction,
+    /// A template or expression that does not parse or evaluate (`InvalidExpressionSyntax`).
+    InvalidExpression,
+    /// Call depth exceeded (`TooManyCallError`).
+    TooManyCalls,
+    /// `validateArguments` refused the arguments (`InvalidArgumentsError`).
+    InvalidArguments,
+    /// A bad event name or an event too large (`InvalidEventError`).
+    InvalidEvent,
+    /// A fetch that could not reach its server (`FetchError`).
+    Fetch,
+    /// Something outside the automation's control failed.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The reference runtime's name for this error.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "ObjectNotFoundError",
+            ErrorKind::InvalidInstruction => "InvalidInstructionError",
+            ErrorKind::InvalidExpression => "InvalidExpressionSyntax",
+            ErrorKind::TooManyCalls => "TooManyCallError",
+            ErrorKind::InvalidArguments => "InvalidArgumentsError",
+            ErrorKind::InvalidEvent => "InvalidEventError",
+            ErrorKind::Fetch => "FetchError",
+            ErrorKind::Internal => "InternalError",
+        }
+    }
+}
+
+/// A failed execution.
+#[derive(Debug, Clone)]
+pub struct ExecError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// What went wrong.
+    pub message: String,
+    /// Where: `automation slug (file:line)` of the innermost failing instruction.
+    pub location: Option<String>,
+}
+
+impl ExecError {
+    /// An error without a location yet.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ExecError {
+        ExecError {
+            kind,
+            message: message.into(),
+            location: None,
+        }
+    }
+
+    /// Adds the location unless a deeper one is already known.
+    pub fn at(mut self, location: impl FnOnce() -> String) -> ExecError {
+        if self.location.is_none() {
+            self.location = Some(location());
+        }
+        self
+    }
+}
+
+impl fmt::Display for ExecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.location {
+            Some(loc) => write!(f, "{}: {} ({})", loc, self.message, self.kind.name()),
+            None => write!(f, "{} ({})", self.message, self.kind.name()),
+        }
+    }
+}
+
+impl std::error::Error for ExecError {}
+
+impl From<ExprError> for ExecError {
+    fn from(e: ExprError) -> ExecError {
+        ExecError::new(ErrorKind::InvalidExpression, e.to_string())
+    }
+}

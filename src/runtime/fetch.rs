@@ -1,0 +1,354 @@
+//! The `fetch` instruction (DSUL §7.10): HTTP requests with reqwest, a size cap
+//! on responses, and `runtime.fetch.failed` events for 4xx/5xx answers.
+
+use super::exec::Exec;
+use super::{ErrorKind, ExecError};
+use crate::limits::LimitKind;
+use crate::value::{Map, Value};
+use base64::Engine;
+use futures::StreamExt;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+
+/// Native event sent when a fetch gets a 4xx/5xx answer.
+const FETCH_FAILED: &str = "runtime.fetch.failed";
+
+fn invalid(message: impl Into<String>) -> ExecError {
+    ExecError::new(
+        ErrorKind::InvalidInstruction,
+        format!("Invalid fetch instruction: {}", message.into()),
+    )
+}
+
+/// A value as a header or query string value.
+fn text(v: &Value) -> String {
+    crate::expr::to_template_string(v)
+}
+
+struct Response {
+    status: u16,
+    headers: Map,
+    content_type: String,
+    bytes: Vec<u8>,
+}
+
+impl Exec<'_> {
+    /// Sends the request described by `args` and returns what `output` receives.
+    pub async fn fetch(&self, args: &Value) -> Result<Value, ExecError> {
+        let empty = Map::new();
+        let m = args.as_object().unwrap_or(&empty);
+        let url = match m.get("url") {
+            Some(Value::String(s)) if !s.is_empty() => s.to_string(),
+            _ => return Err(invalid("`url` is required")),
+        };
+        let method_name = m
+            .get("method")
+            .and_then(Value::as_str)
+            .unwrap_or("get")
+            .to_ascii_uppercase();
+        let method = reqwest::Method::from_bytes(method_name.as_bytes())
+            .map_err(|_| invalid(format!("unknown method `{method_name}`")))?;
+        let mut url =
+            reqwest::Url::parse(&url).map_err(|e| invalid(format!("bad url `{url}`: {e}")))?;
+        if let Some(Value::Object(query)) = m.get("query") {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in query.iter() {
+                match v {
+                    Value::List(items) => {
+                        for item in items.iter() {
+                            pairs.append_pair(k, &text(item));
+                        }
+                    }
+                    Value::Undefined => {}
+                    other => {
+                        pairs.append_pair(k, &text(other));
+                    }
+                }
+            }
+        }
+        let mut headers = HeaderMap::new();
+        if let Some(Value::Object(h)) = m.get("headers") {
+            for (k, v) in h.iter() {
+                let name = HeaderName::from_bytes(k.as_bytes())
+                    .map_err(|_| invalid(format!("bad header name `{k}`")))?;
+                let value = HeaderValue::from_str(&text(v))
+                    .map_err(|_| invalid(format!("bad value for header `{k}`")))?;
+                headers.insert(name, value);
+            }
+        }
+        let correlation = HeaderValue::from_str(&self.run.correlation_id).ok();
+        if let Some(c) = correlation {
+            headers.insert("x-correlation-id", c);
+        }
+        if let Ok(ws) = HeaderValue::from_str(&self.ws.id) {
+            headers.insert("x-prismeai-workspace-id", ws);
+        }
+        let body = m.get("body").filter(|b| !b.is_undefined());
+        let body_bytes = match body {
+            Some(b) if method != reqwest::Method::GET => {
+                let ct = headers
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_ascii_lowercase);
+                if ct.is_none() {
+                    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                }
+                Some(match b {
+                    Value::Object(o)
+                        if ct
+                            .as_deref()
+                            .is_some_and(|c| c.contains("application/x-www-form-urlencoded")) =>
+                    {
+                        let mut form = form_urlencoded::Serializer::new(String::new());
+                        for (k, v) in o.iter() {
+                            form.append_pair(k, &text(v));
+                        }
+                        form.finish().into_bytes()
+                    }
+                    Value::String(s) => s.as_bytes().to_vec(),
+                    other => other.to_json_string().into_bytes(),
+                })
+            }
+            _ => None,
+        };
+        let multipart = match m.get("multipart") {
+            Some(Value::List(parts)) if method != reqwest::Method::GET => Some(form(parts)?),
+            _ => None,
+        };
+
+        self.take(LimitKind::Fetchs, 1).await;
+        let response = self
+            .send(&method, &url, &headers, body_bytes, multipart)
+            .await?;
+
+        let emit_errors = !matches!(m.get("emitErrors"), Some(Value::Bool(false)));
+        let body = decode_body(&response);
+        if response.status >= 400 && emit_errors {
+            let mut request = Map::new();
+            request.insert("url".into(), Value::str(url.as_str()));
+            request.insert("method".into(), Value::str(method_name.as_str()));
+            let mut resp = Map::new();
+            resp.insert("status".into(), Value::Number(response.status as f64));
+            resp.insert("body".into(), body.clone());
+            resp.insert("headers".into(), Value::object(response.headers.clone()));
+            let mut payload = Map::new();
+            payload.insert("request".into(), Value::object(request));
+            payload.insert("response".into(), Value::object(resp));
+            self.native_event(FETCH_FAILED, Value::object(payload))
+                .await?;
+        }
+        Ok(match m.get("outputMode").and_then(Value::as_str) {
+            Some("detailed_response") => {
+                let mut d = Map::new();
+                d.insert("headers".into(), Value::object(response.headers));
+                d.insert("status".into(), Value::Number(response.status as f64));
+                d.insert("body".into(), body);
+                Value::object(d)
+            }
+            Some("data_url") => Value::str(format!(
+                "data:{};base64,{}",
+                response.content_type,
+                base64::engine::general_purpose::STANDARD.encode(&response.bytes)
+            )),
+            _ => body,
+        })
+    }
+
+    /// Sends with up to two retries on a connection reset (as the reference does).
+    async fn send(
+        &self,
+        method: &reqwest::Method,
+        url: &reqwest::Url,
+        headers: &HeaderMap,
+        body: Option<Vec<u8>>,
+        multipart: Option<Vec<Part>>,
+    ) -> Result<Response, ExecError> {
+        let mut attempt = 0;
+        loop {
+            let mut req = self
+                .rt
+                .http
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
+            if let Some(b) = &body {
+                req = req.body(b.clone());
+            }
+            if let Some(parts) = &multipart {
+                req = req.multipart(to_form(parts)?);
+            }
+            match self.receive(req).await {
+                Err(e) if attempt < 2 && is_reset(&e) => attempt += 1,
+                Err(e) => {
+                    let what = if e.is_timeout() {
+                        format!(
+                            "timed out after {} ms (fetch.timeout_ms)",
+                            self.rt.settings.fetch.timeout_ms
+                        )
+                    } else {
+                        error_chain(&e)
+                    };
+                    return Err(ExecError::new(
+                        ErrorKind::Fetch,
+                        format!("fetch {method} {url} failed: {what}"),
+                    ));
+                }
+                Ok(r) => return r,
+            }
+        }
+    }
+
+    async fn receive(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<Result<Response, ExecError>, reqwest::Error> {
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let mut headers = Map::new();
+        for name in resp.headers().keys() {
+            let values: Vec<Value> = resp
+                .headers()
+                .get_all(name)
+                .iter()
+                .map(|v| Value::str(String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect();
+            let v = if values.len() == 1 {
+                values.into_iter().next().unwrap_or_default()
+            } else {
+                Value::list(values)
+            };
+            headers.insert(name.as_str().to_string(), v);
+        }
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let cap = self.rt.settings.fetch.max_response_bytes;
+        let mut bytes = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if bytes.len() + chunk.len() > cap {
+                return Ok(Err(ExecError::new(
+                    ErrorKind::Fetch,
+                    format!("response is larger than {cap} bytes (fetch.max_response_bytes)"),
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(Ok(Response {
+            status,
+            headers,
+            content_type,
+            bytes,
+        }))
+    }
+}
+
+fn is_reset(e: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::ConnectionReset;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// The error with its causes, since reqwest's own text hides the reason.
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Parses a body by content type: JSON, text, or (other binary types) text with
+/// invalid UTF-8 replaced.
+fn decode_body(r: &Response) -> Value {
+    let ct = r.content_type.to_ascii_lowercase();
+    if ct.contains("application/json") || ct.contains("+json") {
+        if let Ok(j) = serde_json::from_slice::<serde_json::Value>(&r.bytes) {
+            return Value::from(j);
+        }
+    }
+    Value::str(String::from_utf8_lossy(&r.bytes).into_owned())
+}
+
+/// One multipart field, validated before any request is sent.
+struct Part {
+    name: String,
+    bytes: Vec<u8>,
+    filename: Option<String>,
+    content_type: Option<String>,
+}
+
+fn form(parts: &[Value]) -> Result<Vec<Part>, ExecError> {
+    parts
+        .iter()
+        .map(|p| {
+            let m = p
+                .as_object()
+                .ok_or_else(|| invalid("each `multipart` entry must be a mapping"))?;
+            let name = m
+                .get("fieldname")
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid("a `multipart` entry needs `fieldname`"))?
+                .to_string();
+            let bytes = match m.get("value") {
+                Some(Value::String(s)) => decode_maybe_base64(s),
+                Some(Value::List(l)) if l.iter().all(|v| v.as_f64().is_some()) => l
+                    .iter()
+                    .filter_map(Value::as_f64)
+                    .map(|n| n as u8)
+                    .collect(),
+                Some(other) => text(other).into_bytes(),
+                None => Vec::new(),
+            };
+            Ok(Part {
+                name,
+                bytes,
+                filename: m
+                    .get("filename")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                content_type: m
+                    .get("contentType")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            })
+        })
+        .collect()
+}
+
+/// A value that looks like base64 is sent decoded (DSUL §7.10).
+fn decode_maybe_base64(s: &str) -> Vec<u8> {
+    if s != "true" && s != "false" && s.len().is_multiple_of(4) && !s.is_empty() {
+        if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(s) {
+            return bytes;
+        }
+    }
+    s.as_bytes().to_vec()
+}
+
+fn to_form(parts: &[Part]) -> Result<reqwest::multipart::Form, ExecError> {
+    let mut form = reqwest::multipart::Form::new();
+    for p in parts {
+        let mut part = reqwest::multipart::Part::bytes(p.bytes.clone());
+        if let Some(f) = &p.filename {
+            part = part.file_name(f.clone());
+        }
+        if let Some(ct) = &p.content_type {
+            part = part
+                .mime_str(ct)
+                .map_err(|_| invalid(format!("bad contentType `{ct}`")))?;
+        }
+        form = form.part(p.name.clone(), part);
+    }
+    Ok(form)
+}

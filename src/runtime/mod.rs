@@ -1,0 +1,476 @@
+//! The interpreter: runs compiled automations with their contexts, limits and bus.
+//!
+//! [`Runtime`] is the shared engine of one instance (workspaces, limiters, bus,
+//! HTTP client); an execution is one automation run with its own local
+//! variables, sharing the `run`, `user` and `session` contexts with the
+//! automations it calls and the listeners of the events it emits.
+
+mod args;
+mod contexts;
+mod error;
+mod exec;
+mod fetch;
+#[cfg(test)]
+mod tests;
+
+pub use contexts::RunState;
+pub use error::{ErrorKind, ExecError};
+
+use crate::bus::{Bus, Event, EventHandler, EXECUTED};
+use crate::config::Settings;
+use crate::dsl::Automation;
+use crate::limits::{LimitKind, Limiters};
+use crate::value::{Map, Value};
+use crate::workspace::Workspace;
+use futures::future::BoxFuture;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+
+/// What started an execution (`run.trigger`).
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    /// `endpoint`, `event`, `schedule` or `automation`.
+    pub kind: &'static str,
+    /// Endpoint name, event type, cron expression or caller slug.
+    pub value: String,
+    /// For events: the triggering event's id.
+    pub event_id: Option<String>,
+}
+
+impl Trigger {
+    /// A trigger of `kind` with `value`.
+    pub fn new(kind: &'static str, value: impl Into<String>) -> Trigger {
+        Trigger {
+            kind,
+            value: value.into(),
+            event_id: None,
+        }
+    }
+
+    fn to_value(&self) -> Value {
+        let mut m = Map::with_capacity(3);
+        m.insert("type".into(), Value::str(self.kind));
+        m.insert("value".into(), Value::str(self.value.as_str()));
+        if let Some(id) = &self.event_id {
+            m.insert("id".into(), Value::str(id.as_str()));
+        }
+        Value::object(m)
+    }
+}
+
+/// The result of one execution.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The automation's output (`{}` when it declares none).
+    pub output: Value,
+    /// Whether the body ended with `break`.
+    pub broke: bool,
+    /// Whether a `break: {scope: all}` must stop the callers too.
+    pub stop_callers: bool,
+    /// Time spent waiting on limiters, the execution's own and its callees'.
+    pub throttled: Duration,
+    /// Wall time of the execution, throttling included.
+    pub duration: Duration,
+}
+
+/// A request to run one automation from a trigger.
+pub struct Start {
+    /// The workspace id.
+    pub workspace: String,
+    /// The automation slug.
+    pub slug: String,
+    /// The trigger payload: each top-level key becomes a local variable.
+    pub payload: Map,
+    /// What triggered it.
+    pub trigger: Trigger,
+    /// Correlation id to continue (a new one when absent).
+    pub correlation_id: Option<String>,
+    /// Depth of the emitter for event triggers (0 otherwise).
+    pub depth: u32,
+    /// HTTP method and path for endpoint triggers (executed event `source.http`).
+    pub http: Option<(String, String)>,
+}
+
+/// The engine of one instance, cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    workspaces: RwLock<HashMap<String, Arc<Workspace>>>,
+    bus: Arc<dyn Bus>,
+    limits: Limiters,
+    settings: Settings,
+    http: reqwest::Client,
+    runs: contexts::RunRegistry,
+    replica: String,
+    recorder: Mutex<Option<Vec<Event>>>,
+    ids: AtomicU64,
+}
+
+impl Runtime {
+    /// A runtime over `bus`, with limiters from `settings`.
+    pub fn new(settings: Settings, bus: Arc<dyn Bus>) -> Result<Runtime, ExecError> {
+        let limits = Limiters::new(&settings.limits);
+        Self::with_limiters(settings, bus, limits)
+    }
+
+    /// A runtime with the given limiters (tests inject a fake clock this way).
+    pub fn with_limiters(
+        settings: Settings,
+        bus: Arc<dyn Bus>,
+        limits: Limiters,
+    ) -> Result<Runtime, ExecError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(settings.fetch.timeout_ms))
+            .user_agent(settings.fetch.user_agent.clone())
+            .build()
+            .map_err(|e| ExecError::new(ErrorKind::Internal, format!("HTTP client: {e}")))?;
+        let rt = Runtime {
+            inner: Arc::new(Inner {
+                workspaces: RwLock::default(),
+                bus: bus.clone(),
+                limits,
+                settings,
+                http,
+                runs: contexts::RunRegistry::default(),
+                replica: format!("{}-{}", hostname(), std::process::id()),
+                recorder: Mutex::new(None),
+                ids: AtomicU64::new(0),
+            }),
+        };
+        bus.start(Arc::new(Listeners(Arc::downgrade(&rt.inner))));
+        Ok(rt)
+    }
+
+    /// Installs or replaces a workspace, applying its limit overrides. On bad
+    /// overrides the previous limits stay and the errors are returned for logging.
+    pub fn install(&self, ws: Workspace) -> Vec<String> {
+        let problems = match self.inner.limits.apply_secrets(&ws.id, &ws.secrets) {
+            Ok(()) => Vec::new(),
+            Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
+        };
+        let mut map = self
+            .inner
+            .workspaces
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let ws = match map.get(&ws.id) {
+            // The `global` context outlives reloads of the workspace's files.
+            Some(old) => Workspace {
+                global: old.global.clone(),
+                ..ws
+            },
+            None => ws,
+        };
+        map.insert(ws.id.clone(), Arc::new(ws));
+        problems
+    }
+
+    /// The workspace with this id.
+    pub fn workspace(&self, id: &str) -> Option<Arc<Workspace>> {
+        self.inner
+            .workspaces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// The instance's limiters.
+    pub fn limiters(&self) -> &Limiters {
+        &self.inner.limits
+    }
+
+    /// The bus.
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.inner.bus
+    }
+
+    /// Starts recording every emitted event (for `sluice run --report`).
+    pub fn record_emits(&self) {
+        *self
+            .inner
+            .recorder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
+    }
+
+    /// The events recorded since `record_emits`, in emission order.
+    pub fn take_recorded(&self) -> Vec<Event> {
+        self.inner
+            .recorder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_default()
+    }
+
+    /// Runs one automation to completion and returns its outcome.
+    pub async fn run(&self, start: Start) -> Result<Outcome, ExecError> {
+        let ws = self.workspace(&start.workspace).ok_or_else(|| {
+            ExecError::new(
+                ErrorKind::NotFound,
+                format!("Workspace not found: {}", start.workspace),
+            )
+        })?;
+        let automation = ws.automation(&start.slug).cloned().ok_or_else(|| {
+            ExecError::new(
+                ErrorKind::NotFound,
+                format!("Automation not found: {}", start.slug),
+            )
+        })?;
+        let correlation_id = start
+            .correlation_id
+            .clone()
+            .unwrap_or_else(|| self.inner.new_id());
+        let run = self.inner.runs.get(&correlation_id);
+        self.inner
+            .execute(Execution {
+                ws,
+                automation,
+                locals: start.payload,
+                run,
+                depth: start.depth,
+                trigger: start.trigger,
+                http: start.http,
+            })
+            .await
+    }
+
+    /// Publishes an event into a workspace as if an automation had emitted it.
+    pub async fn emit_external(
+        &self,
+        workspace: &str,
+        kind: &str,
+        payload: Value,
+    ) -> Result<(), ExecError> {
+        let mut source = Map::new();
+        source.insert("workspaceId".into(), Value::str(workspace));
+        source.insert(
+            "correlationId".into(),
+            Value::str(self.inner.new_id().as_str()),
+        );
+        let event = self.inner.event(workspace, kind, payload, source);
+        self.inner.publish(event).await
+    }
+}
+
+/// Everything one execution needs to start.
+struct Execution {
+    ws: Arc<Workspace>,
+    automation: Arc<Automation>,
+    locals: Map,
+    run: Arc<RunState>,
+    depth: u32,
+    trigger: Trigger,
+    http: Option<(String, String)>,
+}
+
+impl Inner {
+    fn new_id(&self) -> String {
+        let n = self.ids.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}{:08x}", rand::random::<u32>(), n as u32)
+    }
+
+    fn event(&self, workspace: &str, kind: &str, payload: Value, source: Map) -> Event {
+        Event {
+            id: self.new_id(),
+            workspace: workspace.to_string(),
+            kind: kind.to_string(),
+            payload,
+            source,
+            created_at: now_iso(),
+        }
+    }
+
+    async fn publish(&self, event: Event) -> Result<(), ExecError> {
+        if let Some(rec) = self
+            .recorder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            rec.push(event.clone());
+        }
+        self.bus
+            .publish(event)
+            .await
+            .map_err(|e| ExecError::new(ErrorKind::Internal, e.to_string()))
+    }
+
+    /// The full execution model of DSUL §2: arguments, depth, limits, body,
+    /// output, executed event.
+    fn execute(&self, x: Execution) -> BoxFuture<'_, Result<Outcome, ExecError>> {
+        let span = tracing::info_span!(
+            "execution",
+            workspace = %x.ws.id,
+            slug = %x.automation.slug,
+            correlation_id = %x.run.correlation_id,
+        );
+        Box::pin(self.execute_inner(x).instrument(span))
+    }
+
+    async fn execute_inner(&self, mut x: Execution) -> Result<Outcome, ExecError> {
+        let started = Instant::now();
+        let started_at = now_iso();
+        if x.automation.validate_arguments {
+            args::validate(x.automation.arguments.as_ref(), &x.locals)?;
+        }
+        if x.depth > self.settings.runtime.max_call_depth {
+            return Err(ExecError::new(
+                ErrorKind::TooManyCalls,
+                "Reached maximum number of nested calls",
+            ));
+        }
+        let limits = self.limits.workspace(&x.ws.id);
+        let throttled = AtomicU64::new(0);
+        let waited = limits.acquire(LimitKind::Automations, 1).await;
+        throttled.fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
+        // Executed events cost a copy of the payload: build them only when someone can see them.
+        let trigger_payload = self
+            .bus
+            .has_watchers()
+            .then(|| Value::object(x.locals.clone()));
+        let locals = std::mem::take(&mut x.locals);
+        let exec = exec::Exec {
+            rt: self,
+            ws: &x.ws,
+            automation: &x.automation,
+            run: &x.run,
+            limits,
+            locals: Mutex::new(locals),
+            depth: x.depth + 1,
+            trigger: &x.trigger,
+            throttled,
+        };
+        let flow = exec.block(&x.automation.body).await?;
+        let output = exec.output()?;
+        let throttled = Duration::from_nanos(exec.throttled.load(Ordering::Relaxed));
+        let outcome = Outcome {
+            output,
+            broke: flow != exec::Flow::Continue,
+            stop_callers: flow == exec::Flow::Break { all: true },
+            throttled,
+            duration: started.elapsed(),
+        };
+        if let Some(payload) = trigger_payload {
+            self.executed(&x, &outcome, payload, started_at);
+        }
+        Ok(outcome)
+    }
+
+    fn executed(&self, x: &Execution, o: &Outcome, payload: Value, started_at: String) {
+        let mut source = Map::new();
+        source.insert(
+            "correlationId".into(),
+            Value::str(x.run.correlation_id.as_str()),
+        );
+        source.insert("workspaceId".into(), Value::str(x.ws.id.as_str()));
+        source.insert(
+            "automationSlug".into(),
+            Value::str(x.automation.slug.as_str()),
+        );
+        if let Some((method, path)) = &x.http {
+            let mut http = Map::new();
+            http.insert("method".into(), Value::str(method.as_str()));
+            http.insert("path".into(), Value::str(path.as_str()));
+            source.insert("http".into(), Value::object(http));
+        }
+        let mut host = Map::new();
+        host.insert("replica".into(), Value::str(self.replica.as_str()));
+        host.insert("service".into(), Value::str("sluice"));
+        source.insert("host".into(), Value::object(host));
+        let mut p = Map::new();
+        p.insert("slug".into(), Value::str(x.automation.slug.as_str()));
+        p.insert("payload".into(), payload);
+        p.insert("output".into(), o.output.clone());
+        p.insert(
+            "duration".into(),
+            Value::Number(o.duration.as_millis() as f64),
+        );
+        let throttled_ms = o.throttled.as_millis();
+        if throttled_ms >= 1 {
+            p.insert("throttled".into(), Value::Number(throttled_ms as f64));
+        }
+        p.insert("startedAt".into(), Value::str(started_at));
+        p.insert("trigger".into(), x.trigger.to_value());
+        p.insert("break".into(), Value::Bool(o.broke));
+        let event = self.event(&x.ws.id, EXECUTED, Value::object(p), source);
+        self.bus.notify(event);
+    }
+}
+
+/// Runs the listeners of events for the bus.
+struct Listeners(std::sync::Weak<Inner>);
+
+impl EventHandler for Listeners {
+    fn handle(&self, event: Arc<Event>) -> BoxFuture<'static, ()> {
+        let inner = self.0.upgrade();
+        Box::pin(async move {
+            let Some(inner) = inner else { return };
+            let Some(ws) = inner
+                .workspaces
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&event.workspace)
+                .cloned()
+            else {
+                return;
+            };
+            let Some(listeners) = ws.listeners.get(&event.kind) else {
+                return;
+            };
+            let runs = listeners.iter().map(|automation| {
+                let mut locals = Map::with_capacity(3);
+                locals.insert("payload".into(), event.payload.clone());
+                locals.insert("id".into(), Value::str(event.id.as_str()));
+                locals.insert("source".into(), Value::object(event.source.clone()));
+                let correlation_id = event
+                    .correlation_id()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| inner.new_id());
+                let x = Execution {
+                    ws: ws.clone(),
+                    automation: automation.clone(),
+                    locals,
+                    run: inner.runs.get(&correlation_id),
+                    depth: event.depth(),
+                    trigger: Trigger {
+                        kind: "event",
+                        value: event.kind.clone(),
+                        event_id: Some(event.id.clone()),
+                    },
+                    http: None,
+                };
+                let inner = &inner;
+                let event = &event;
+                async move {
+                    if let Err(e) = inner.execute(x).await {
+                        // A failing listener never affects the emitter (DSUL §7.7).
+                        tracing::warn!(workspace = %event.workspace, event = %event.kind, error = %e, "listener failed");
+                    }
+                }
+            });
+            futures::future::join_all(runs).await;
+        })
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "sluice".into())
+}
+
+/// The current time as ISO 8601 with milliseconds (`2026-11-22T15:03:42.056Z`).
+pub fn now_iso() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}

@@ -1,0 +1,274 @@
+//! Instruction-level tests of the interpreter, in process with the embedded bus.
+
+use super::*;
+use crate::bus::EmbeddedBus;
+use serde_json::{json, Value as J};
+
+struct Fixture {
+    rt: Runtime,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture(files: &[(&str, &str)]) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    for (slug, text) in files {
+        std::fs::write(ws.join(format!("{slug}.yml")), text).unwrap();
+    }
+    let mut settings = Settings::load_from(None, &|_| None).unwrap();
+    settings.limits.disabled = true;
+    let rt = Runtime::new(settings, Arc::new(EmbeddedBus::new())).unwrap();
+    rt.install(crate::workspace::load(&ws, None).unwrap());
+    rt.record_emits();
+    Fixture { rt, _dir: dir }
+}
+
+fn start(slug: &str, payload: J) -> Start {
+    Start {
+        workspace: "ws".into(),
+        slug: slug.into(),
+        payload: match Value::from(payload) {
+            Value::Object(m) => (*m).clone(),
+            _ => Map::new(),
+        },
+        trigger: Trigger::new("endpoint", slug),
+        correlation_id: None,
+        depth: 0,
+        http: None,
+    }
+}
+
+impl Fixture {
+    async fn run(&self, slug: &str, payload: J) -> Result<J, ExecError> {
+        let r = self.rt.run(start(slug, payload)).await;
+        self.rt.bus().settled().await;
+        r.map(|o| o.output.to_json())
+    }
+
+    fn emitted(&self) -> Vec<(String, J)> {
+        self.rt
+            .take_recorded()
+            .into_iter()
+            .map(|e| (e.kind, e.payload.to_json()))
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn set_delete_and_types() {
+    let f = fixture(&[(
+        "main",
+        "do:\n  - set: {name: a, value: 5}\n  - set: {name: b, value: '{{a}}'}\n  - set: {name: o.x.y, value: 1}\n  - set: {name: 'l[]', value: 1}\n  - set: {name: l, type: push, value: 2}\n  - set: {name: gone, value: 1}\n  - delete: {name: gone}\noutput: {b: '{{b}}', o: '{{o}}', l: '{{l}}', gone: '{{gone}}'}\n",
+    )]);
+    assert_eq!(
+        f.run("main", json!({})).await.unwrap(),
+        json!({"b": 5, "o": {"x": {"y": 1}}, "l": [1, 2]})
+    );
+}
+
+#[tokio::test]
+async fn set_with_bad_name_fails() {
+    let f = fixture(&[("main", "do:\n  - set: {name: 'a..b', value: 1}\n")]);
+    let e = f.run("main", json!({})).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidInstruction);
+    assert!(e.to_string().contains("main.yml:2"), "{e}");
+}
+
+#[tokio::test]
+async fn repeat_forms_and_item_cleanup() {
+    let f = fixture(&[(
+        "main",
+        "do:\n  - repeat: {on: {a: 1, b: 2}, do: [{set: {name: 'k[]', value: '{{item.key}}'}}]}\n  - repeat: {on: ab, do: [{set: {name: 'c[]', value: '{{item}}'}}]}\n  - repeat: {until: 2, do: [{set: {name: 'u[]', value: '{{item}}'}}]}\n  - repeat: {on: [], until: 5, do: [{set: {name: never, value: 1}}]}\noutput: {k: '{{k}}', c: '{{c}}', u: '{{u}}', item: '{{item}}', index: '{{$index}}', never: '{{never}}'}\n",
+    )]);
+    assert_eq!(
+        f.run("main", json!({})).await.unwrap(),
+        json!({"k": ["a", "b"], "c": ["a", "b"], "u": [0, 1], "index": 1})
+    );
+}
+
+#[tokio::test]
+async fn conditions_default_and_order() {
+    let f = fixture(&[(
+        "main",
+        "do:\n  - conditions:\n      '{{n}} > 10': [{set: {name: r, value: big}}]\n      '{{n}} > 1': [{set: {name: r, value: medium}}]\n      default: [{set: {name: r, value: small}}]\noutput: '{{r}}'\n",
+    )]);
+    assert_eq!(
+        f.run("main", json!({"n": 5})).await.unwrap(),
+        json!("medium")
+    );
+    assert_eq!(
+        f.run("main", json!({"n": 0})).await.unwrap(),
+        json!("small")
+    );
+}
+
+#[tokio::test]
+async fn calls_share_contexts_but_not_locals() {
+    let f = fixture(&[
+        (
+            "main",
+            "do:\n  - set: {name: mine, value: 1}\n  - child: {arg: 2, output: c}\noutput: {c: '{{c}}', run: '{{run.fromChild}}', user: '{{user.fromChild}}'}\n",
+        ),
+        (
+            "child",
+            "do:\n  - set: {name: run.fromChild, value: '{{arg}}'}\n  - set: {name: user.fromChild, value: true}\noutput: {mine: '{{mine}}', arg: '{{arg}}', out: '{{output}}', trigger: '{{run.trigger}}'}\n",
+        ),
+    ]);
+    assert_eq!(
+        f.run("main", json!({})).await.unwrap(),
+        json!({"c": {"arg": 2, "out": "c", "trigger": {"type": "automation", "value": "main"}}, "run": 2, "user": true})
+    );
+}
+
+#[tokio::test]
+async fn break_scope_all_stops_the_callers() {
+    let f = fixture(&[
+        (
+            "main",
+            "do:\n  - set: {name: s, value: before}\n  - child: {output: c}\n  - set: {name: s, value: after}\noutput: {s: '{{s}}', c: '{{c}}'}\n",
+        ),
+        ("child", "do:\n  - break: {scope: all}\noutput: child\n"),
+        (
+            "soft",
+            "do:\n  - child2: {}\n  - set: {name: s, value: after}\noutput: '{{s}}'\n",
+        ),
+        ("child2", "do:\n  - break: {}\n"),
+    ]);
+    assert_eq!(
+        f.run("main", json!({})).await.unwrap(),
+        json!({"s": "before", "c": "child"})
+    );
+    assert_eq!(f.run("soft", json!({})).await.unwrap(), json!("after"));
+}
+
+#[tokio::test]
+async fn recursion_stops_at_the_depth_limit() {
+    let f = fixture(&[("rec", "do:\n  - rec: {}\n")]);
+    let e = f.run("rec", json!({})).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::TooManyCalls);
+}
+
+#[tokio::test]
+async fn emit_runs_listeners_that_share_run() {
+    let f = fixture(&[
+        (
+            "main",
+            "do:\n  - set: {name: run.shared, value: yes}\n  - emit: {event: go, payload: {n: 1}, output: e}\noutput: '{{e.type}}'\n",
+        ),
+        (
+            "listener",
+            "when: {events: [go]}\ndo:\n  - emit: {event: seen, payload: {n: '{{payload.n}}', shared: '{{run.shared}}', depth: '{{run.depth}}', trigger: '{{run.trigger.type}}'}}\n",
+        ),
+    ]);
+    assert_eq!(f.run("main", json!({})).await.unwrap(), json!("go"));
+    assert_eq!(
+        f.emitted(),
+        vec![
+            ("go".to_string(), json!({"n": 1})),
+            (
+                "seen".to_string(),
+                json!({"n": 1, "shared": "yes", "depth": 2, "trigger": "event"})
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_emit_loop_ends_after_21_events() {
+    let f = fixture(&[
+        ("main", "do:\n  - emit: {event: loop}\n"),
+        (
+            "again",
+            "when: {events: [loop]}\ndo:\n  - emit: {event: loop}\n",
+        ),
+    ]);
+    f.run("main", json!({})).await.unwrap();
+    assert_eq!(f.emitted().len(), 21);
+}
+
+#[tokio::test]
+async fn non_object_payload_emits_an_error_event() {
+    let f = fixture(&[("main", "do:\n  - emit: {event: x, payload: [1]}\n")]);
+    f.run("main", json!({})).await.unwrap();
+    let events = f.emitted();
+    assert_eq!(events[0].0, "error");
+    assert_eq!(
+        events[0].1["message"],
+        "Event payload must be an object, received Array"
+    );
+}
+
+#[tokio::test]
+async fn bad_event_names_fail() {
+    let f = fixture(&[("main", "do:\n  - emit: {event: 'a/b'}\n")]);
+    let e = f.run("main", json!({})).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidEvent);
+}
+
+#[tokio::test]
+async fn all_interpolates_before_running_and_waits_see_emits() {
+    let f = fixture(&[(
+        "main",
+        "do:\n  - set: {name: v, value: old}\n  - all:\n      - wait: {oneOf: [{event: ping, filters: {payload.k: 1}}], timeout: 2, output: w}\n      - set: {name: v, value: new}\n      - set: {name: seen, value: '{{v}}'}\n      - emit: {event: ping, payload: {k: 1}}\noutput: {seen: '{{seen}}', w: '{{w.payload}}'}\n",
+    )]);
+    assert_eq!(
+        f.run("main", json!({})).await.unwrap(),
+        json!({"seen": "old", "w": {"k": 1}})
+    );
+}
+
+#[tokio::test]
+async fn wait_for_the_executed_event_of_a_listener() {
+    let f = fixture(&[
+        (
+            "main",
+            "do:\n  - all:\n      - wait: {oneOf: [{event: runtime.automations.executed, filters: {payload.slug: worker}}], timeout: 2, output: done}\n      - emit: {event: work}\noutput: '{{done.payload.output}}'\n",
+        ),
+        ("worker", "when: {events: [work]}\ndo: []\noutput: finished\n"),
+    ]);
+    assert_eq!(f.run("main", json!({})).await.unwrap(), json!("finished"));
+}
+
+#[tokio::test]
+async fn validate_arguments_refuses_bad_types() {
+    let f = fixture(&[(
+        "main",
+        "validateArguments: true\narguments: {n: {type: number}}\ndo: []\noutput: ok\n",
+    )]);
+    assert_eq!(f.run("main", json!({"n": 1})).await.unwrap(), json!("ok"));
+    let e = f.run("main", json!({"n": "x"})).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArguments);
+}
+
+#[tokio::test]
+async fn executed_event_has_the_spec_shape() {
+    let f = fixture(&[("main", "do: []\noutput: {a: 1}\n")]);
+    let mut feed = f.rt.bus().watch();
+    f.run("main", json!({"body": {"x": 1}})).await.unwrap();
+    let e = feed.recv().await.unwrap();
+    assert_eq!(e.kind, crate::bus::EXECUTED);
+    let p = e.payload.to_json();
+    assert_eq!(p["slug"], "main");
+    assert_eq!(p["payload"], json!({"body": {"x": 1}}));
+    assert_eq!(p["output"], json!({"a": 1}));
+    assert_eq!(p["trigger"], json!({"type": "endpoint", "value": "main"}));
+    assert_eq!(p["break"], false);
+    assert!(p["duration"].is_u64());
+    assert!(p.get("throttled").is_none());
+    let s = Value::object(e.source.clone()).to_json();
+    assert_eq!(s["workspaceId"], "ws");
+    assert_eq!(s["automationSlug"], "main");
+    assert_eq!(s["host"]["service"], "sluice");
+}
+
+#[tokio::test]
+async fn a_template_that_expands_forever_fails_clearly() {
+    let f = fixture(&[(
+        "main",
+        "do:\n  - set: {name: x, value: '{% \"a{{x}}\" %}'}\n  - set: {name: y, value: 'b {{x}}'}\n",
+    )]);
+    // `x` holds its own template text; rendering it inside a longer string re-scans forever.
+    let r = f.run("main", json!({})).await;
+    assert!(r.is_err(), "{r:?}");
+}

@@ -1,0 +1,329 @@
+//! Workspaces on disk: one folder of automation files, an optional
+//! `workspace.yml`, and a secrets file kept apart (operators only).
+//!
+//! Loading is all-or-nothing: a workspace with a broken file is refused as a
+//! whole, so a running instance keeps its last good version instead of serving
+//! half of an edit.
+
+use crate::dsl::{parse_automation, Automation, Diagnostic};
+use crate::value::{Map, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// A loaded workspace, ready to run.
+#[derive(Debug)]
+pub struct Workspace {
+    /// Workspace id (the folder name).
+    pub id: String,
+    /// Display name from `workspace.yml` (the id when absent).
+    pub name: String,
+    /// `config` from `workspace.yml`, with `{{secret.x}}` resolved.
+    pub config: Value,
+    /// The workspace's secrets (`{{secret.x}}`, rate limit overrides).
+    pub secrets: Map,
+    /// Automations by slug.
+    pub automations: HashMap<String, Arc<Automation>>,
+    /// Automations listening to each event type.
+    pub listeners: HashMap<String, Vec<Arc<Automation>>>,
+    /// Endpoint automations by endpoint name.
+    pub endpoints: HashMap<String, Vec<Arc<Automation>>>,
+    /// The `global` context, shared by every run of the workspace.
+    pub global: Arc<Mutex<Map>>,
+    /// Non-fatal problems found while compiling (reported by `validate`).
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Workspace {
+    /// The enabled automation with this slug.
+    pub fn automation(&self, slug: &str) -> Option<&Arc<Automation>> {
+        self.automations.get(slug).filter(|a| !a.disabled)
+    }
+}
+
+/// Whether `id` is a valid workspace id (`[A-Za-z0-9_-]{1,64}`).
+pub fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn diag(file: &Path, message: String) -> Diagnostic {
+    Diagnostic {
+        file: file.to_path_buf(),
+        line: 0,
+        column: 0,
+        message,
+    }
+}
+
+/// Reads a secrets file: a YAML mapping of names to values. A missing file is
+/// no secrets.
+pub fn read_secrets(file: &Path) -> Result<Map, Diagnostic> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Map::new()),
+        Err(e) => return Err(diag(file, format!("cannot read secrets: {e}"))),
+    };
+    let yaml: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        Diagnostic {
+            file: file.to_path_buf(),
+            line,
+            column,
+            // The message of a YAML error can quote the file's text: keep secrets out.
+            message: "invalid YAML in secrets file".into(),
+        }
+    })?;
+    match crate::dsl::from_yaml(yaml) {
+        Value::Object(m) => Ok(Arc::unwrap_or_clone(m)),
+        Value::Null => Ok(Map::new()),
+        _ => Err(diag(
+            file,
+            "a secrets file must be a mapping of names to values".into(),
+        )),
+    }
+}
+
+/// Loads the workspace in `dir` with the secrets of `secrets_file`. The
+/// workspace id is the folder name. Fatal problems (unreadable or unparsable
+/// files, duplicate slugs) are returned as errors; compile problems are kept in
+/// `Workspace::diagnostics`.
+pub fn load(dir: &Path, secrets_file: Option<&Path>) -> Result<Workspace, Vec<Diagnostic>> {
+    let id = dir
+        .canonicalize()
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut errors = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            return Err(vec![diag(
+                dir,
+                format!("cannot read workspace folder: {e}"),
+            )]);
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yml") | Some("yaml")
+                )
+        })
+        .collect();
+    files.sort();
+
+    let secrets = match secrets_file.map(read_secrets).transpose() {
+        Ok(s) => s.unwrap_or_default(),
+        Err(d) => {
+            errors.push(d);
+            Map::new()
+        }
+    };
+    let mut name = id.clone();
+    let mut config = Value::empty_object();
+    let mut automations: HashMap<String, Arc<Automation>> = HashMap::new();
+    let mut diagnostics = Vec::new();
+    for file in files {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(diag(&file, format!("cannot read file: {e}")));
+                continue;
+            }
+        };
+        let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        if stem == "workspace" {
+            match workspace_file(&file, &text, &secrets) {
+                Ok((n, c)) => {
+                    name = n.unwrap_or(name);
+                    config = c;
+                }
+                Err(d) => errors.push(d),
+            }
+            continue;
+        }
+        match parse_automation(&file, &text) {
+            Ok(compiled) => {
+                let a = compiled.automation;
+                diagnostics.extend(compiled.diagnostics);
+                if let Some(previous) = automations.get(&a.slug) {
+                    errors.push(diag(
+                        &file,
+                        format!(
+                            "duplicate slug `{}` (also in {})",
+                            a.slug,
+                            previous.file.display()
+                        ),
+                    ));
+                    continue;
+                }
+                automations.insert(a.slug.clone(), Arc::new(a));
+            }
+            Err(d) => errors.push(d),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut listeners: HashMap<String, Vec<Arc<Automation>>> = HashMap::new();
+    let mut endpoints: HashMap<String, Vec<Arc<Automation>>> = HashMap::new();
+    let mut sorted: Vec<&Arc<Automation>> = automations.values().collect();
+    sorted.sort_by(|a, b| a.slug.cmp(&b.slug));
+    for a in sorted.into_iter().filter(|a| !a.disabled) {
+        for e in &a.when.events {
+            listeners.entry(e.clone()).or_default().push(a.clone());
+        }
+        if let Some(ep) = &a.when.endpoint {
+            let ep = if ep.is_empty() {
+                a.slug.clone()
+            } else {
+                ep.clone()
+            };
+            endpoints.entry(ep).or_default().push(a.clone());
+        }
+    }
+    Ok(Workspace {
+        id,
+        name,
+        config,
+        secrets,
+        automations,
+        listeners,
+        endpoints,
+        global: Arc::default(),
+        diagnostics,
+    })
+}
+
+/// Reads `workspace.yml`: its `name` and its `config`, whose `{{secret.x}}`
+/// templates are resolved once here.
+fn workspace_file(
+    file: &Path,
+    text: &str,
+    secrets: &Map,
+) -> Result<(Option<String>, Value), Diagnostic> {
+    let yaml: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        Diagnostic {
+            file: file.to_path_buf(),
+            line,
+            column,
+            message: format!("invalid YAML: {e}"),
+        }
+    })?;
+    let root = crate::dsl::from_yaml(yaml);
+    let Value::Object(m) = root else {
+        return Err(diag(file, "workspace.yml must be a mapping".into()));
+    };
+    let name = m.get("name").and_then(Value::as_str).map(str::to_string);
+    let config = match m.get("config") {
+        None | Some(Value::Null) => Value::empty_object(),
+        Some(c) => resolve_config(c, secrets).map_err(|e| {
+            let mut loc = crate::dsl::Locator::new(text);
+            let (line, column) = loc.find_key("config");
+            Diagnostic {
+                file: file.to_path_buf(),
+                line,
+                column,
+                message: format!("in config: {e}"),
+            }
+        })?,
+    };
+    Ok((name, config))
+}
+
+struct SecretScope<'a>(&'a Map);
+
+impl crate::expr::Scope for SecretScope<'_> {
+    fn lookup(&self, path: &[crate::expr::Key]) -> Value {
+        match path.split_first() {
+            Some((crate::expr::Key::Name(n), rest)) if &**n == "secret" => {
+                crate::expr::get_path(&Value::object(self.0.clone()), rest)
+            }
+            _ => Value::Undefined,
+        }
+    }
+}
+
+fn resolve_config(v: &Value, secrets: &Map) -> Result<Value, crate::expr::ExprError> {
+    match v {
+        Value::String(s) if s.contains("{{") || s.contains("{%") => {
+            crate::expr::Template::parse(s)?.render(&SecretScope(secrets))
+        }
+        Value::List(items) => items
+            .iter()
+            .map(|i| resolve_config(i, secrets))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::list),
+        Value::Object(m) => {
+            let mut out = Map::with_capacity(m.len());
+            for (k, v) in m.iter() {
+                out.insert(k.clone(), resolve_config(v, secrets)?);
+            }
+            Ok(Value::object(out))
+        }
+        other => Ok(other.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspace_ids() {
+        assert!(valid_id("demo_1-a"));
+        assert!(!valid_id(""));
+        assert!(!valid_id("a/b"));
+        assert!(!valid_id(&"x".repeat(65)));
+    }
+
+    #[test]
+    fn loads_automations_config_and_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().join("demo");
+        std::fs::create_dir(&ws).unwrap();
+        std::fs::write(
+            ws.join("workspace.yml"),
+            "name: Demo\nconfig:\n  key: '{{secret.apiKey}}'\n",
+        )
+        .unwrap();
+        std::fs::write(
+            ws.join("hello.yml"),
+            "when: {endpoint: true, events: [x]}\ndo: []\n",
+        )
+        .unwrap();
+        let secrets = dir.path().join("demo.secrets.yml");
+        std::fs::write(&secrets, "apiKey: s3cret\n").unwrap();
+        let w = load(&ws, Some(&secrets)).unwrap();
+        assert_eq!(w.id, "demo");
+        assert_eq!(w.name, "Demo");
+        assert_eq!(w.config, Value::from(serde_json::json!({"key": "s3cret"})));
+        assert!(w.automation("hello").is_some());
+        assert_eq!(w.listeners["x"].len(), 1);
+        assert_eq!(w.endpoints["hello"].len(), 1);
+    }
+
+    #[test]
+    fn a_broken_file_refuses_the_workspace() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yml"), "do: [\n").unwrap();
+        std::fs::write(dir.path().join("b.yml"), "slug: a\ndo: []\n").unwrap();
+        let errs = load(dir.path(), None).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].to_string().contains("a.yml:"));
+    }
+}
