@@ -7,6 +7,7 @@
 //! - [`workspace`]: workspaces on disk, their config and secrets.
 //! - [`runtime`]: the interpreter and its contexts.
 //! - [`limits`]: per-workspace burst-capable limiters and throttle accounting.
+//! - [`metrics`]: Prometheus counters and histograms.
 //! - [`bus`]: the event bus trait and its embedded implementation.
 //! - [`config`]: settings from defaults, a file and the environment.
 //! - [`cli`]: the `run` and `validate` commands.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod dsl;
 pub mod expr;
 pub mod limits;
+pub mod metrics;
 pub mod runtime;
 pub mod value;
 pub mod workspace;

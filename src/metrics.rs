@@ -172,9 +172,12 @@ mod tests {
         let text = m.render();
         assert!(text.contains("sluice_executions_total{workspace=\"ws\",slug=\"hello\"} 2"));
         assert!(text.contains("sluice_execution_errors_total{workspace=\"ws\",slug=\"hello\"} 1"));
-        assert!(text.contains("sluice_execution_duration_seconds_bucket{workspace=\"ws\",le=\"0.005\"} 1"));
+        assert!(text
+            .contains("sluice_execution_duration_seconds_bucket{workspace=\"ws\",le=\"0.005\"} 1"));
         assert!(text.contains("sluice_execution_duration_seconds_count{workspace=\"ws\"} 2"));
-        assert!(text.contains("sluice_throttled_seconds_total{workspace=\"ws\",limit=\"emits\"} 0.25"));
+        assert!(
+            text.contains("sluice_throttled_seconds_total{workspace=\"ws\",limit=\"emits\"} 0.25")
+        );
         assert!(text.contains("sluice_throttle_waits_total{workspace=\"ws\",limit=\"emits\"} 1"));
     }
 }

@@ -51,6 +51,15 @@ impl TimeSource {
         }
     }
 
+    /// How far simulated time has moved (always zero on the real clock), so that
+    /// durations measured on the wall clock can add the waits that were simulated.
+    pub fn simulated(&self) -> Duration {
+        self.fake
+            .as_ref()
+            .map(FakeClock::elapsed)
+            .unwrap_or_default()
+    }
+
     /// The time elapsed since `earlier` (zero if the clock reads earlier than that).
     pub fn since(&self, earlier: Nanos) -> Duration {
         self.now().duration_since(earlier).into()

@@ -134,6 +134,11 @@ impl Limiters {
         }))
     }
 
+    /// How far a test's simulated time has moved (zero on the real clock).
+    pub fn simulated(&self) -> Duration {
+        self.0.time.simulated()
+    }
+
     /// The limits of workspace `ws`, created with full buckets on first use. Take a fresh
     /// handle per execution: a handle keeps the limits it was taken with.
     pub fn workspace(&self, ws: &str) -> WorkspaceLimits {

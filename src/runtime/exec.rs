@@ -161,9 +161,8 @@ impl<'a> Exec<'a> {
     /// Waits for `n` tokens of `kind` and counts the wait as throttling.
     pub async fn take(&self, kind: LimitKind, n: u32) {
         let waited = self.limits.acquire(kind, n).await;
-        if !waited.is_zero() {
-            self.add_throttled(waited);
-        }
+        self.rt
+            .throttled(&self.ws.id, kind, waited, &self.throttled);
     }
 
     fn add_throttled(&self, d: Duration) {

@@ -20,6 +20,7 @@ use crate::bus::{Bus, Event, EventHandler, EXECUTED};
 use crate::config::Settings;
 use crate::dsl::Automation;
 use crate::limits::{LimitKind, Limiters};
+use crate::metrics::Metrics;
 use crate::value::{Map, Value};
 use crate::workspace::Workspace;
 use futures::future::BoxFuture;
@@ -110,6 +111,7 @@ struct Inner {
     replica: String,
     recorder: Mutex<Option<Vec<Event>>>,
     ids: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl Runtime {
@@ -141,6 +143,7 @@ impl Runtime {
                 replica: format!("{}-{}", hostname(), std::process::id()),
                 recorder: Mutex::new(None),
                 ids: AtomicU64::new(0),
+                metrics: Arc::default(),
             }),
         };
         bus.start(Arc::new(Listeners(Arc::downgrade(&rt.inner))));
@@ -184,6 +187,11 @@ impl Runtime {
     /// The instance's limiters.
     pub fn limiters(&self) -> &Limiters {
         &self.inner.limits
+    }
+
+    /// The instance's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// The bus.
@@ -312,11 +320,35 @@ impl Inner {
             slug = %x.automation.slug,
             correlation_id = %x.run.correlation_id,
         );
-        Box::pin(self.execute_inner(x).instrument(span))
+        Box::pin(
+            async move {
+                let started = Instant::now();
+                let (ws, slug) = (x.ws.clone(), x.automation.clone());
+                let result = self.execute_inner(x).await;
+                let elapsed = result
+                    .as_ref()
+                    .map(|o| o.duration)
+                    .unwrap_or_else(|_| started.elapsed());
+                self.metrics
+                    .execution(&ws.id, &slug.slug, elapsed, result.is_err());
+                result
+            }
+            .instrument(span),
+        )
+    }
+
+    /// Counts a limiter wait in the execution's throttled time and the metrics.
+    fn throttled(&self, ws: &str, kind: LimitKind, waited: Duration, total: &AtomicU64) {
+        if waited.is_zero() {
+            return;
+        }
+        total.fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
+        self.metrics.throttled(ws, kind.as_str(), waited);
     }
 
     async fn execute_inner(&self, mut x: Execution) -> Result<Outcome, ExecError> {
         let started = Instant::now();
+        let simulated = self.limits.simulated();
         let started_at = now_iso();
         if x.automation.validate_arguments {
             args::validate(x.automation.arguments.as_ref(), &x.locals)?;
@@ -330,7 +362,7 @@ impl Inner {
         let limits = self.limits.workspace(&x.ws.id);
         let throttled = AtomicU64::new(0);
         let waited = limits.acquire(LimitKind::Automations, 1).await;
-        throttled.fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
+        self.throttled(&x.ws.id, LimitKind::Automations, waited, &throttled);
         // Executed events cost a copy of the payload: build them only when someone can see them.
         let trigger_payload = self
             .bus
@@ -356,7 +388,8 @@ impl Inner {
             broke: flow != exec::Flow::Continue,
             stop_callers: flow == exec::Flow::Break { all: true },
             throttled,
-            duration: started.elapsed(),
+            // Waits on a test's simulated clock count as if they had been real.
+            duration: started.elapsed() + (self.limits.simulated() - simulated),
         };
         if let Some(payload) = trigger_payload {
             self.executed(&x, &outcome, payload, started_at);
