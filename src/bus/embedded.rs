@@ -78,6 +78,15 @@ impl Bus for EmbeddedBus {
         self.watchers.subscribe()
     }
 
+    fn claim(&self, _key: String) -> BoxFuture<'_, Result<bool, BusError>> {
+        // A single instance is the whole cluster: every claim is the first.
+        Box::pin(async { Ok(true) })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        self.settled()
+    }
+
     fn settled(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             loop {

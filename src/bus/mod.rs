@@ -95,4 +95,10 @@ pub trait Bus: Send + Sync + 'static {
     fn watch(&self) -> broadcast::Receiver<Arc<Event>>;
     /// Resolves once every event published so far has been handled (used by `sluice run`).
     fn settled(&self) -> BoxFuture<'_, ()>;
+    /// Claims `key` for this instance: true for the first claim in the cluster
+    /// (used so that each schedule tick runs once), false for later ones.
+    fn claim(&self, key: String) -> BoxFuture<'_, Result<bool, BusError>>;
+    /// Stops taking new events, then resolves once the events this instance
+    /// took have been handled (or handed back to other instances).
+    fn shutdown(&self) -> BoxFuture<'_, ()>;
 }
