@@ -1,4 +1,4 @@
-//! The author-facing commands: `sluice run` and `sluice validate` (SPEC §2).
+//! The commands: `sluice run`, `sluice validate` and `sluice serve` (SPEC §2).
 //!
 //! Each returns the process exit code: 0 success, 1 the automation failed (or
 //! validation found problems), 2 bad input. Messages a user can act on go to
@@ -28,18 +28,57 @@ pub struct RunArgs {
     pub config: Option<PathBuf>,
 }
 
-fn init_logs(default: &str) {
+fn init_logs(default: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        logs.json().try_init()
+    } else {
+        logs.try_init()
+    };
+}
+
+/// `sluice serve`: the server until SIGINT/SIGTERM.
+pub fn serve(workspaces: Option<PathBuf>, config: Option<PathBuf>, listen: Option<String>) -> u8 {
+    let mut settings = match Settings::load(config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return 2;
+        }
+    };
+    init_logs("info", settings.log_format == "json");
+    if let Some(w) = workspaces {
+        settings.workspaces = w;
+    }
+    if let Some(l) = listen {
+        settings.listen = l;
+    }
+    let tokio = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sluice: cannot start the async runtime: {e}");
+            return 2;
+        }
+    };
+    match tokio.block_on(crate::server::serve(settings)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            1
+        }
+    }
 }
 
 /// `sluice run`: runs one automation and the listeners of its events.
 pub fn run(args: RunArgs) -> u8 {
-    init_logs("warn");
+    init_logs("warn", false);
     let settings = match Settings::load(args.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -192,7 +231,7 @@ fn workspace_id(dir: &Path) -> String {
 
 /// `sluice validate`: reports every problem as `path:line:column: message`.
 pub fn validate(dirs: &[PathBuf]) -> u8 {
-    init_logs("warn");
+    init_logs("warn", false);
     let mut problems = 0;
     for dir in dirs {
         if !dir.is_dir() {

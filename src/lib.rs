@@ -10,15 +10,19 @@
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`bus`]: the event bus trait and its embedded implementation.
 //! - [`config`]: settings from defaults, a file and the environment.
-//! - [`cli`]: the `run` and `validate` commands.
+//! - [`http`]: the routes of `sluice serve`.
+//! - [`server`]: `sluice serve` wiring: watcher, schedules, shutdown.
+//! - [`cli`]: the `run`, `validate` and `serve` commands.
 
 pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod dsl;
 pub mod expr;
+pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod runtime;
+pub mod server;
 pub mod value;
 pub mod workspace;

@@ -34,6 +34,18 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Serve webhooks, events and schedules for every workspace.
+    Serve {
+        /// The workspaces root (default ./automations, or SLUICE_WORKSPACES).
+        #[arg(long)]
+        workspaces: Option<PathBuf>,
+        /// A settings file (YAML); environment variables win over it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The HTTP address (default 127.0.0.1:3003, or SLUICE_LISTEN).
+        #[arg(long)]
+        listen: Option<String>,
+    },
     /// Check workspaces without running them.
     Validate {
         /// Workspace folders.
@@ -68,6 +80,11 @@ fn main() -> ExitCode {
             config,
         }),
         Command::Validate { dirs } => sluice::cli::validate(&dirs),
+        Command::Serve {
+            workspaces,
+            config,
+            listen,
+        } => sluice::cli::serve(workspaces, config, listen),
     };
     ExitCode::from(code)
 }

@@ -169,6 +169,19 @@ impl Compiler<'_> {
         }
         when.events = self.string_list(m.get("events"), "when.events");
         when.schedules = self.string_list(m.get("schedules"), "when.schedules");
+        let schedules = std::mem::take(&mut when.schedules);
+        for expr in schedules {
+            match <croner::Cron as std::str::FromStr>::from_str(&expr) {
+                Ok(_) => when.schedules.push(expr),
+                Err(e) => {
+                    let pos = self.locator.find(&expr);
+                    self.report(
+                        pos,
+                        format!("invalid cron expression `{expr}` in when.schedules: {e}"),
+                    );
+                }
+            }
+        }
         if when
             .events
             .iter()
@@ -455,6 +468,14 @@ mod tests {
     fn unknown_names_are_calls_with_lines() {
         let c = compile("do:\n  - comment: hi\n  - other: {x: 1}\n");
         assert_eq!(c.automation.calls(), vec![("other", 3)]);
+    }
+
+    #[test]
+    fn bad_cron_is_a_diagnostic() {
+        let c = compile("when:\n  schedules: ['*/5 * * * *', 'every day']\ndo: []\n");
+        assert_eq!(c.automation.when.schedules, vec!["*/5 * * * *".to_string()]);
+        assert_eq!(c.diagnostics.len(), 1);
+        assert!(c.diagnostics[0].message.contains("every day"));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! One execution: its variables (the expression [`Scope`]) and its instructions.
 
-use super::{now_iso, ErrorKind, ExecError, Execution, Inner, RunState, Trigger};
+use super::{now_iso, valid_event_name, ErrorKind, ExecError, Execution, Inner, RunState, Trigger};
 use crate::dsl::{Automation, Instruction, Kind, Node};
 use crate::expr::{get_path, loose_eq, parse_variable_name, Key, Scope};
 use crate::limits::{LimitKind, WorkspaceLimits};
@@ -648,12 +648,6 @@ fn matches_condition(c: &Map, kind: &str, event: &Value) -> bool {
             _ => loose_eq(&actual, expected),
         }
     })
-}
-
-fn valid_event_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '.' | '_' | '-'))
 }
 
 fn set_in_map(map: &mut Map, keys: &[Key], value: Value, mode: Mode) -> Result<(), ExecError> {

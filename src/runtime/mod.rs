@@ -118,7 +118,17 @@ impl Runtime {
     /// A runtime over `bus`, with limiters from `settings`.
     pub fn new(settings: Settings, bus: Arc<dyn Bus>) -> Result<Runtime, ExecError> {
         let limits = Limiters::new(&settings.limits);
-        Self::with_limiters(settings, bus, limits)
+        Self::build(settings, bus, limits, Arc::default())
+    }
+
+    /// A runtime that records into `metrics` (shared with the bus).
+    pub fn with_metrics(
+        settings: Settings,
+        bus: Arc<dyn Bus>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Runtime, ExecError> {
+        let limits = Limiters::new(&settings.limits);
+        Self::build(settings, bus, limits, metrics)
     }
 
     /// A runtime with the given limiters (tests inject a fake clock this way).
@@ -126,6 +136,15 @@ impl Runtime {
         settings: Settings,
         bus: Arc<dyn Bus>,
         limits: Limiters,
+    ) -> Result<Runtime, ExecError> {
+        Self::build(settings, bus, limits, Arc::default())
+    }
+
+    fn build(
+        settings: Settings,
+        bus: Arc<dyn Bus>,
+        limits: Limiters,
+        metrics: Arc<Metrics>,
     ) -> Result<Runtime, ExecError> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(settings.fetch.timeout_ms))
@@ -143,7 +162,7 @@ impl Runtime {
                 replica: format!("{}-{}", hostname(), std::process::id()),
                 recorder: Mutex::new(None),
                 ids: AtomicU64::new(0),
-                metrics: Arc::default(),
+                metrics,
             }),
         };
         bus.start(Arc::new(Listeners(Arc::downgrade(&rt.inner))));
@@ -172,6 +191,26 @@ impl Runtime {
         };
         map.insert(ws.id.clone(), Arc::new(ws));
         problems
+    }
+
+    /// Removes a workspace (its folder is gone).
+    pub fn remove(&self, id: &str) {
+        self.inner
+            .workspaces
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// Every loaded workspace.
+    pub fn workspaces(&self) -> Vec<Arc<Workspace>> {
+        self.inner
+            .workspaces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// The workspace with this id.
@@ -499,6 +538,13 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "sluice".into())
+}
+
+/// Whether `s` is a valid event name: letters, digits, spaces, `.`, `_`, `-`.
+pub fn valid_event_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '.' | '_' | '-'))
 }
 
 /// The current time as ISO 8601 with milliseconds (`2026-11-22T15:03:42.056Z`).

@@ -5,6 +5,10 @@
 //! whole, so a running instance keeps its last good version instead of serving
 //! half of an edit.
 
+mod watch;
+
+pub use watch::{Change, Watcher};
+
 use crate::dsl::{parse_automation, Automation, Diagnostic};
 use crate::value::{Map, Value};
 use std::collections::HashMap;

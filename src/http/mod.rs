@@ -1,0 +1,301 @@
+//! The HTTP routes of `sluice serve` (SPEC §3): webhooks, event ingestion, the
+//! per-workspace event stream, the operator secrets API, health and metrics.
+//!
+//! Handlers stay thin: they translate HTTP to a [`Runtime`] call and back. The
+//! state they share is explicit in [`AppState`].
+
+mod secrets;
+
+use crate::bus::EXECUTED;
+use crate::config::Settings;
+use crate::runtime::{Runtime, Start, Trigger};
+use crate::value::{Map, Value};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::Stream;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The engine.
+    pub runtime: Runtime,
+    /// The settings the server started with.
+    pub settings: Arc<Settings>,
+    /// Set once workspaces are loaded and the bus is connected.
+    pub ready: Arc<AtomicBool>,
+    /// The workspaces on disk (the secrets API reloads through it).
+    pub library: Arc<crate::server::Library>,
+}
+
+/// The router with every route of SPEC §3.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.settings.http.max_body;
+    Router::new()
+        .route(
+            "/v2/workspaces/{ws}/webhooks/{slug}",
+            get(webhook).post(webhook),
+        )
+        .route("/v2/workspaces/{ws}/events", get(stream).post(ingest))
+        .route(
+            "/v2/workspaces/{ws}/secrets",
+            get(secrets::read)
+                .put(secrets::replace)
+                .patch(secrets::merge),
+        )
+        .route("/sys/healthcheck", get(health))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// An error answer: its status and a message for the caller.
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({"error": {"message": self.message}})),
+        )
+            .into_response()
+    }
+}
+
+/// An error response: `{"error": {"message": ...}}`.
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    api_error(status, message).into_response()
+}
+
+/// An error to return with `?` before it becomes a response.
+pub(crate) fn api_error(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        message: message.into(),
+    }
+}
+
+/// Request headers as the automation sees them: lower-case names, credentials dropped.
+fn headers_value(headers: &HeaderMap) -> Value {
+    let mut m = Map::new();
+    for (name, value) in headers {
+        if name == header::AUTHORIZATION || name == header::COOKIE {
+            continue;
+        }
+        let v = Value::str(String::from_utf8_lossy(value.as_bytes()).into_owned());
+        match m.get_mut(name.as_str()) {
+            Some(Value::List(l)) => std::sync::Arc::make_mut(l).push(v),
+            Some(existing) => *existing = Value::list(vec![existing.clone(), v]),
+            None => {
+                m.insert(name.as_str().to_string(), v);
+            }
+        }
+    }
+    Value::object(m)
+}
+
+/// The query string as an object; a repeated key becomes a list.
+fn query_value(raw: Option<&str>) -> Value {
+    let mut m = Map::new();
+    for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        let v = Value::str(v.into_owned());
+        match m.get_mut(k.as_ref()) {
+            Some(Value::List(l)) => std::sync::Arc::make_mut(l).push(v),
+            Some(existing) => *existing = Value::list(vec![existing.clone(), v]),
+            None => {
+                m.insert(k.into_owned(), v);
+            }
+        }
+    }
+    Value::object(m)
+}
+
+/// The body: JSON parsed, anything else kept as text; empty is `{}`.
+fn body_value(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+    if body.is_empty() {
+        return Ok(Value::empty_object());
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("json"));
+    if json {
+        return serde_json::from_slice::<serde_json::Value>(body)
+            .map(Value::from)
+            .map_err(|e| api_error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")));
+    }
+    Ok(Value::str(String::from_utf8_lossy(body).into_owned()))
+}
+
+async fn webhook(
+    State(state): State<AppState>,
+    Path((ws, name)): Path<(String, String)>,
+    method: Method,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(workspace) = state.runtime.workspace(&ws) else {
+        return error(StatusCode::NOT_FOUND, format!("unknown workspace `{ws}`"));
+    };
+    let Some(automations) = workspace.endpoints.get(&name).cloned() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no endpoint `{name}` in workspace `{ws}`"),
+        );
+    };
+    let body = match body_value(&headers, &body) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let mut payload = Map::with_capacity(4);
+    payload.insert("body".into(), body);
+    payload.insert("headers".into(), headers_value(&headers));
+    payload.insert("method".into(), Value::str(method.as_str()));
+    payload.insert("query".into(), query_value(query.as_deref()));
+    let path = format!("/v2/workspaces/{ws}/webhooks/{name}");
+    // Several automations may share an endpoint: all run, the first one answers.
+    let runs = automations.iter().map(|a| {
+        state.runtime.run(Start {
+            workspace: ws.clone(),
+            slug: a.slug.clone(),
+            payload: payload.clone(),
+            trigger: Trigger::new("endpoint", name.as_str()),
+            correlation_id: None,
+            depth: 0,
+            http: Some((method.to_string(), path.clone())),
+        })
+    });
+    let mut results = futures::future::join_all(runs).await.into_iter();
+    match results.next() {
+        Some(Ok(outcome)) => match outcome.output {
+            Value::String(s) => (
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                s.to_string(),
+            )
+                .into_response(),
+            other => Json(other.to_json()).into_response(),
+        },
+        Some(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        None => error(StatusCode::NOT_FOUND, format!("no endpoint `{name}`")),
+    }
+}
+
+async fn ingest(State(state): State<AppState>, Path(ws): Path<String>, body: Bytes) -> Response {
+    if state.runtime.workspace(&ws).is_none() {
+        return error(StatusCode::NOT_FOUND, format!("unknown workspace `{ws}`"));
+    }
+    let parsed: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
+    };
+    let items = match parsed {
+        serde_json::Value::Array(items) => items,
+        one => vec![one],
+    };
+    let mut events = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let Some(kind) = item.get("type").and_then(|t| t.as_str()) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("event {i}: `type` must be a string"),
+            );
+        };
+        if !crate::runtime::valid_event_name(kind) || kind == EXECUTED {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("event {i}: invalid type `{kind}`: use letters, digits, spaces, `.`, `_` and `-`"),
+            );
+        }
+        let payload = match item.get("payload") {
+            None | Some(serde_json::Value::Null) => Value::empty_object(),
+            Some(p @ serde_json::Value::Object(_)) => Value::from(p.clone()),
+            Some(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("event {i}: `payload` must be an object"),
+                )
+            }
+        };
+        events.push((kind.to_string(), payload));
+    }
+    let count = events.len();
+    for (kind, payload) in events {
+        if let Err(e) = state.runtime.emit_external(&ws, &kind, payload).await {
+            return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+        }
+    }
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"accepted": count})),
+    )
+        .into_response()
+}
+
+async fn stream(State(state): State<AppState>, Path(ws): Path<String>) -> Response {
+    if state.runtime.workspace(&ws).is_none() {
+        return error(StatusCode::NOT_FOUND, format!("unknown workspace `{ws}`"));
+    }
+    let feed = state.runtime.bus().watch();
+    Sse::new(events_of(feed, ws))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// The events of one workspace as SSE messages; a client that falls too far
+/// behind skips what it missed rather than stalling the bus.
+fn events_of(
+    feed: broadcast::Receiver<Arc<crate::bus::Event>>,
+    ws: String,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    futures::stream::unfold((feed, ws), |(mut feed, ws)| async move {
+        loop {
+            match feed.recv().await {
+                Ok(e) if e.workspace == ws => {
+                    let mut json = e.to_value().to_json();
+                    if let Some(o) = json.as_object_mut() {
+                        o.remove("size");
+                    }
+                    let message = SseEvent::default()
+                        .id(e.id.clone())
+                        .event(e.kind.clone())
+                        .data(json.to_string());
+                    return Some((Ok(message), (feed, ws)));
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        Json(serde_json::json!({"healthy": true})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"healthy": false})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.runtime.metrics().render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,252 @@
+//! `sluice serve`: wires the runtime, the bus, the HTTP routes, the workspace
+//! watcher and the schedules together, and shuts them down in order.
+//!
+//! Shutdown order matters for "nothing lost": first the HTTP server stops
+//! taking requests and finishes the ones in flight, then the bus stops taking
+//! events and finishes (or hands back) the ones it took.
+
+use crate::bus::{Bus, EmbeddedBus};
+use crate::config::Settings;
+use crate::http::{router, AppState};
+use crate::runtime::{Runtime, Start, Trigger};
+use crate::workspace::{Change, Watcher};
+use chrono::{DateTime, Utc};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often workspace folders and secrets files are checked for edits.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+/// How often idle workspaces' full buckets are dropped.
+const RETAIN_EVERY: Duration = Duration::from_secs(60);
+
+/// The workspaces on disk, kept in sync with the runtime.
+pub struct Library {
+    runtime: Runtime,
+    watcher: tokio::sync::Mutex<Watcher>,
+}
+
+impl Library {
+    /// A library over the settings' workspaces root and secrets folder.
+    pub fn new(runtime: Runtime, settings: &Settings) -> Library {
+        Library {
+            runtime,
+            watcher: tokio::sync::Mutex::new(Watcher::new(
+                settings.workspaces.clone(),
+                settings.secrets.clone(),
+            )),
+        }
+    }
+
+    /// Loads new and edited workspaces, drops removed ones; a workspace that
+    /// fails to load keeps its last good version and its errors are logged.
+    pub async fn rescan(&self) {
+        let mut watcher = self.watcher.lock().await;
+        for change in watcher.scan() {
+            match change {
+                Change::Loaded(ws) => {
+                    let id = ws.id.clone();
+                    let count = ws.automations.len();
+                    for d in &ws.diagnostics {
+                        tracing::warn!(workspace = %id, "{d}");
+                    }
+                    for problem in self.runtime.install(*ws) {
+                        tracing::warn!(workspace = %id, "{problem}; previous limits kept");
+                    }
+                    tracing::info!(workspace = %id, automations = count, "workspace loaded");
+                }
+                Change::Failed { id, errors } => {
+                    for e in errors {
+                        tracing::error!(workspace = %id, "{e}; keeping the last good version");
+                    }
+                }
+                Change::Removed(id) => {
+                    self.runtime.remove(&id);
+                    tracing::info!(workspace = %id, "workspace removed");
+                }
+            }
+        }
+    }
+}
+
+/// Runs the schedules of every workspace: each tick is claimed on the bus, so
+/// with several instances it runs once in the cluster.
+pub async fn run_schedules(runtime: Runtime, mut stop: watch::Receiver<bool>) {
+    let mut last = Utc::now();
+    loop {
+        let now = Utc::now();
+        let to_next_second = 1_000 - u64::from(now.timestamp_subsec_millis()).min(999);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(to_next_second)) => {}
+            _ = stop.changed() => return,
+        }
+        let now = Utc::now();
+        for (ws, slug, expr, at) in due(&runtime, last, now) {
+            let runtime = runtime.clone();
+            tokio::spawn(async move {
+                let key = format!("{ws}/{slug}/{expr}/{}", at.timestamp());
+                match runtime.bus().claim(key).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => {
+                        tracing::warn!(workspace = %ws, slug = %slug, error = %e, "schedule tick not claimed");
+                        return;
+                    }
+                }
+                let start = Start {
+                    workspace: ws.clone(),
+                    slug: slug.clone(),
+                    payload: Default::default(),
+                    trigger: Trigger::new("schedule", expr.as_str()),
+                    correlation_id: None,
+                    depth: 0,
+                    http: None,
+                };
+                if let Err(e) = runtime.run(start).await {
+                    tracing::warn!(workspace = %ws, slug = %slug, error = %e, "scheduled run failed");
+                }
+            });
+        }
+        last = now;
+    }
+}
+
+/// The schedule ticks in `(after, until]`: workspace, slug, cron, tick time.
+fn due(
+    runtime: &Runtime,
+    after: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Vec<(String, String, String, DateTime<Utc>)> {
+    let mut ticks = Vec::new();
+    for ws in runtime.workspaces() {
+        for a in ws.automations.values().filter(|a| !a.disabled) {
+            for expr in &a.when.schedules {
+                let Ok(cron) = croner::Cron::from_str(expr) else {
+                    continue;
+                };
+                let mut t = after;
+                while let Ok(next) = cron.find_next_occurrence(&t, false) {
+                    if next > until {
+                        break;
+                    }
+                    ticks.push((ws.id.clone(), a.slug.clone(), expr.clone(), next));
+                    t = next;
+                }
+            }
+        }
+    }
+    ticks
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// Connects the bus the settings ask for: NATS when `nats_url` is set, else embedded.
+async fn connect_bus(
+    settings: &Settings,
+    metrics: &Arc<crate::metrics::Metrics>,
+) -> Result<Arc<dyn Bus>, String> {
+    match &settings.nats_url {
+        None => Ok(Arc::new(EmbeddedBus::new())),
+        Some(url) => {
+            let _ = metrics;
+            Err(format!(
+                "NATS_URL {url}: the NATS bus is not available in this build yet"
+            ))
+        }
+    }
+}
+
+/// Runs the server until SIGINT/SIGTERM. Errors are one line for the user.
+pub async fn serve(settings: Settings) -> Result<(), String> {
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let bus = connect_bus(&settings, &metrics).await?;
+    let runtime =
+        Runtime::with_metrics(settings.clone(), bus.clone(), metrics).map_err(|e| e.to_string())?;
+    let library = Arc::new(Library::new(runtime.clone(), &settings));
+    if !settings.workspaces.is_dir() {
+        return Err(format!(
+            "workspaces folder {} does not exist (SLUICE_WORKSPACES or --workspaces)",
+            settings.workspaces.display()
+        ));
+    }
+    library.rescan().await;
+    let listener = tokio::net::TcpListener::bind(&settings.listen)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot listen on {} (SLUICE_LISTEN or --listen): {e}",
+                settings.listen
+            )
+        })?;
+    let ready = Arc::new(AtomicBool::new(true));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let watch_library = library.clone();
+    let mut watch_stop = stop_rx.clone();
+    let watching = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(WATCH_EVERY) => watch_library.rescan().await,
+                _ = watch_stop.changed() => return,
+            }
+        }
+    });
+    let retain_runtime = runtime.clone();
+    let mut retain_stop = stop_rx.clone();
+    let retaining = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(RETAIN_EVERY) => retain_runtime.limiters().retain_recent(),
+                _ = retain_stop.changed() => return,
+            }
+        }
+    });
+    let scheduling = tokio::spawn(run_schedules(runtime.clone(), stop_rx));
+
+    let state = AppState {
+        runtime: runtime.clone(),
+        settings: Arc::new(settings.clone()),
+        ready: ready.clone(),
+        library,
+    };
+    let address = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| settings.listen.clone());
+    tracing::info!(listen = %address, bus = if settings.nats_url.is_some() { "nats" } else { "embedded" }, "sluice is serving");
+    let served = axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            ready.store(false, Ordering::Release);
+            tracing::info!("shutting down: finishing requests in flight");
+        })
+        .await;
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(watching, retaining, scheduling);
+    tracing::info!("finishing events in flight");
+    bus.shutdown().await;
+    tracing::info!("stopped");
+    served.map_err(|e| format!("HTTP server: {e}"))
+}
