@@ -8,6 +8,8 @@ use sluice::config::Settings;
 use sluice::runtime::{Runtime, Start, Trigger};
 use std::sync::Arc;
 
+/// A runtime over one workspace; with `limits`, every limiter is on but so
+/// generous that it never waits, which isolates the cost of the checks.
 fn runtime(files: &[(&str, &str)], limits: bool) -> (Runtime, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let ws = dir.path().join("bench");
@@ -15,10 +17,13 @@ fn runtime(files: &[(&str, &str)], limits: bool) -> (Runtime, tempfile::TempDir)
     for (name, text) in files {
         std::fs::write(ws.join(name), text).expect("write");
     }
-    let mut settings = Settings::load_from(None, &|_| None).expect("settings");
-    if !limits {
-        settings.limits.disabled = true;
-    }
+    let env = |name: &str| match name {
+        "RATE_LIMIT_DISABLED" => Some((!limits).to_string()),
+        n if n.ends_with("_BURST") => Some("1000000000".to_string()),
+        n if n.starts_with("RATE_LIMIT_") => Some("1000000000".to_string()),
+        _ => None,
+    };
+    let settings = Settings::load_from(None, &env).expect("settings");
     let rt = Runtime::new(settings, Arc::new(EmbeddedBus::new())).expect("runtime");
     rt.install(sluice::workspace::load(&ws, None).expect("workspace"));
     (rt, dir)
@@ -50,6 +55,13 @@ fn bench(c: &mut Criterion) {
     });
     c.bench_function("trivial_automation", |b| {
         b.to_async(&tokio).iter(|| rt.run(start("hello")))
+    });
+    let (limited, _dir2) = runtime(&[("loop.yml", REPEAT), ("hello.yml", TRIVIAL)], true);
+    c.bench_function("trivial_automation_with_limits", |b| {
+        b.to_async(&tokio).iter(|| limited.run(start("hello")))
+    });
+    c.bench_function("repeat_2000_with_limits", |b| {
+        b.to_async(&tokio).iter(|| limited.run(start("loop")))
     });
 }
 

@@ -1,6 +1,6 @@
 //! Turns one automation file's YAML into an [`Automation`].
 
-use super::{Automation, Diagnostic, Instruction, Kind, Locator, Node, When};
+use super::{Automation, Diagnostic, Instruction, Kind, Locator, Node, VarName, When};
 use crate::expr::{Expr, Template};
 use crate::value::{Map, Value};
 use std::path::Path;
@@ -91,6 +91,21 @@ pub fn parse_automation(file: &Path, text: &str) -> Result<Compiled, Diagnostic>
         automation,
         diagnostics: c.diagnostics,
     })
+}
+
+/// Pre-parses a constant `set` name; anything else stays for run time, where
+/// a malformed name fails as "Invalid set instruction" like in the reference.
+fn var_name(node: Node) -> VarName {
+    if let Node::Const(Value::String(s)) = &node {
+        let (path, push) = match s.strip_suffix("[]") {
+            Some(base) => (base, true),
+            None => (&**s, false),
+        };
+        if let Ok(keys) = crate::expr::parse_variable_name(path) {
+            return VarName::Static { keys, push };
+        }
+    }
+    VarName::Dynamic(node)
 }
 
 /// Converts parsed YAML into a runtime value (tags are ignored, keys stringified).
@@ -337,7 +352,7 @@ impl Compiler<'_> {
                     return Kind::Delete { name: var };
                 }
                 Kind::Set {
-                    name: var,
+                    name: var_name(var),
                     value: self.node(m.get("value").unwrap_or(&Value::Undefined)),
                     kind: m.get("type").map(|t| self.node(t)),
                 }

@@ -14,7 +14,7 @@ mod locate;
 pub use compile::{from_yaml, parse_automation, Compiled};
 pub use locate::Locator;
 
-use crate::expr::{Expr, ExprError, Scope, Template};
+use crate::expr::{Expr, ExprError, Key, Scope, Template};
 use crate::value::{Map, Value};
 use std::fmt;
 use std::path::PathBuf;
@@ -66,6 +66,21 @@ impl Node {
     }
 }
 
+/// The `name` of a `set`: parsed at load when it is a plain path, so hot loops
+/// do not re-parse it; templated names are parsed when they run.
+#[derive(Debug)]
+pub enum VarName {
+    /// A constant path; `push` when it ended in `[]`.
+    Static {
+        /// The path's keys.
+        keys: Vec<Key>,
+        /// Whether the name ended in `[]` (push).
+        push: bool,
+    },
+    /// A templated (or malformed) name, resolved and parsed at run time.
+    Dynamic(Node),
+}
+
 /// One instruction of a `do` list, with the 1-based line it starts on.
 #[derive(Debug)]
 pub struct Instruction {
@@ -80,8 +95,8 @@ pub struct Instruction {
 pub enum Kind {
     /// `set: {name, value, type}`.
     Set {
-        /// The variable path (may be templated).
-        name: Node,
+        /// The variable path.
+        name: VarName,
         /// The value to store.
         value: Node,
         /// `replace`, `merge` or `push`; absent means replace.

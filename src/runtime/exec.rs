@@ -1,7 +1,7 @@
 //! One execution: its variables (the expression [`Scope`]) and its instructions.
 
 use super::{now_iso, valid_event_name, ErrorKind, ExecError, Execution, Inner, RunState, Trigger};
-use crate::dsl::{Automation, Instruction, Kind, Node};
+use crate::dsl::{Automation, Instruction, Kind, Node, VarName};
 use crate::expr::{get_path, loose_eq, parse_variable_name, Key, Scope};
 use crate::limits::{LimitKind, WorkspaceLimits};
 use crate::value::{Map, Value};
@@ -43,7 +43,8 @@ pub struct Exec<'a> {
 enum Resolved {
     Nothing,
     Set {
-        name: Value,
+        /// The name, for names only known at run time.
+        name: Option<Value>,
         value: Value,
         kind: Value,
     },
@@ -209,7 +210,10 @@ impl<'a> Exec<'a> {
     fn resolve(&self, kind: &Kind) -> Result<Resolved, ExecError> {
         Ok(match kind {
             Kind::Set { name, value, kind } => Resolved::Set {
-                name: name.eval(self)?,
+                name: match name {
+                    VarName::Static { .. } => None,
+                    VarName::Dynamic(n) => Some(n.eval(self)?),
+                },
                 value: value.eval(self)?,
                 kind: match kind {
                     Some(k) => k.eval(self)?,
@@ -238,8 +242,17 @@ impl<'a> Exec<'a> {
     ) -> BoxFuture<'a, Result<Flow, ExecError>> {
         Box::pin(async move {
             match (kind, resolved) {
-                (Kind::Set { .. }, Resolved::Set { name, value, kind }) => {
-                    self.set(&name, value, &kind)?;
+                (Kind::Set { name: var, .. }, Resolved::Set { name, value, kind }) => {
+                    let mode = set_mode(&kind)?;
+                    match (var, name) {
+                        (VarName::Static { keys, push }, _) => {
+                            let mode = if *push { Mode::Push } else { mode };
+                            self.write_keys(keys, value.deep_copy(), mode)?;
+                        }
+                        (VarName::Dynamic(_), name) => {
+                            self.set(&name.unwrap_or_default(), value, mode)?
+                        }
+                    }
                 }
                 (Kind::Delete { .. }, Resolved::Delete(name)) => self.delete(&name)?,
                 (Kind::Conditions { branches, default }, _) => {
@@ -309,22 +322,12 @@ impl<'a> Exec<'a> {
         }
     }
 
-    fn set(&self, name: &Value, value: Value, kind: &Value) -> Result<(), ExecError> {
+    fn set(&self, name: &Value, value: Value, mode: Mode) -> Result<(), ExecError> {
         let Value::String(name) = name else {
             return Err(invalid_set(format!(
                 "`name` must be a string, found {}",
                 name.type_name()
             )));
-        };
-        let mode = match kind.as_str() {
-            None | Some("replace") => Mode::Replace,
-            Some("merge") => Mode::Merge,
-            Some("push") => Mode::Push,
-            Some(other) => {
-                return Err(invalid_set(format!(
-                    "unknown type `{other}` (expected replace, merge or push)"
-                )))
-            }
         };
         match name.strip_suffix("[]") {
             Some(base) => self.write(base, value.deep_copy(), Mode::Push),
@@ -335,7 +338,11 @@ impl<'a> Exec<'a> {
     /// Applies `value` at the variable path `name`, in the context its first key names.
     fn write(&self, name: &str, value: Value, mode: Mode) -> Result<(), ExecError> {
         let keys = parse_variable_name(name).map_err(|e| invalid_set(e.to_string()))?;
-        self.with_root(&keys, |map, keys| set_in_map(map, keys, value, mode))
+        self.write_keys(&keys, value, mode)
+    }
+
+    fn write_keys(&self, keys: &[Key], value: Value, mode: Mode) -> Result<(), ExecError> {
+        self.with_root(keys, |map, keys| set_in_map(map, keys, value, mode))
     }
 
     fn delete(&self, name: &Value) -> Result<(), ExecError> {
@@ -440,8 +447,8 @@ impl<'a> Exec<'a> {
             };
             {
                 let mut locals = lock(&self.locals);
-                locals.insert("item".into(), item);
-                locals.insert("$index".into(), Value::Number(index as f64));
+                set_local(&mut locals, "item", item);
+                set_local(&mut locals, "$index", Value::Number(index as f64));
             }
             flow = self.block(body).await?;
             if flow != Flow::Continue {
@@ -650,11 +657,38 @@ fn matches_condition(c: &Map, kind: &str, event: &Value) -> bool {
     })
 }
 
+/// Sets a local without allocating its name when it already exists.
+fn set_local(locals: &mut Map, name: &str, value: Value) {
+    match locals.get_mut(name) {
+        Some(slot) => *slot = value,
+        None => {
+            locals.insert(name.to_string(), value);
+        }
+    }
+}
+
+fn set_mode(kind: &Value) -> Result<Mode, ExecError> {
+    match kind.as_str() {
+        None | Some("replace") => Ok(Mode::Replace),
+        Some("merge") => Ok(Mode::Merge),
+        Some("push") => Ok(Mode::Push),
+        Some(other) => Err(invalid_set(format!(
+            "unknown type `{other}` (expected replace, merge or push)"
+        ))),
+    }
+}
+
 fn set_in_map(map: &mut Map, keys: &[Key], value: Value, mode: Mode) -> Result<(), ExecError> {
     let Some((first, rest)) = keys.split_first() else {
         return Err(invalid_set("empty variable name"));
     };
-    let slot = map.entry(key_str(first).into_owned()).or_default();
+    let name = key_str(first);
+    // Look up before inserting: most sets overwrite a variable that exists, and
+    // `entry` would allocate the key every time.
+    if let Some(slot) = map.get_mut(name.as_ref()) {
+        return set_in_value(slot, rest, value, mode);
+    }
+    let slot = map.entry(name.into_owned()).or_default();
     set_in_value(slot, rest, value, mode)
 }
 

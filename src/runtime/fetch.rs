@@ -166,7 +166,7 @@ impl Exec<'_> {
         loop {
             let mut req = self
                 .rt
-                .http
+                .http()?
                 .request(method.clone(), url.clone())
                 .headers(headers.clone());
             if let Some(b) = &body {

@@ -26,7 +26,7 @@ use crate::workspace::Workspace;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
@@ -106,7 +106,9 @@ struct Inner {
     bus: Arc<dyn Bus>,
     limits: Limiters,
     settings: Settings,
-    http: reqwest::Client,
+    /// Built on the first fetch: loading the system's CA store costs
+    /// milliseconds that runs without a fetch should not pay.
+    http: OnceLock<reqwest::Client>,
     runs: contexts::RunRegistry,
     replica: String,
     recorder: Mutex<Option<Vec<Event>>>,
@@ -146,18 +148,13 @@ impl Runtime {
         limits: Limiters,
         metrics: Arc<Metrics>,
     ) -> Result<Runtime, ExecError> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(settings.fetch.timeout_ms))
-            .user_agent(settings.fetch.user_agent.clone())
-            .build()
-            .map_err(|e| ExecError::new(ErrorKind::Internal, format!("HTTP client: {e}")))?;
         let rt = Runtime {
             inner: Arc::new(Inner {
                 workspaces: RwLock::default(),
                 bus: bus.clone(),
                 limits,
                 settings,
-                http,
+                http: OnceLock::new(),
                 runs: contexts::RunRegistry::default(),
                 replica: format!("{}-{}", hostname(), std::process::id()),
                 recorder: Mutex::new(None),
@@ -319,6 +316,18 @@ struct Execution {
 }
 
 impl Inner {
+    fn http(&self) -> Result<&reqwest::Client, ExecError> {
+        if let Some(c) = self.http.get() {
+            return Ok(c);
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(self.settings.fetch.timeout_ms))
+            .user_agent(self.settings.fetch.user_agent.clone())
+            .build()
+            .map_err(|e| ExecError::new(ErrorKind::Internal, format!("HTTP client: {e}")))?;
+        Ok(self.http.get_or_init(|| client))
+    }
+
     fn new_id(&self) -> String {
         let n = self.ids.fetch_add(1, Ordering::Relaxed);
         format!("{:08x}{:08x}", rand::random::<u32>(), n as u32)
