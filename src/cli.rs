@@ -41,6 +41,20 @@ fn init_logs(default: &str, json: bool) {
     };
 }
 
+/// The multi-threaded tokio runtime, or `None` after telling the user why not.
+fn async_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(t) => Some(t),
+        Err(e) => {
+            eprintln!("sluice: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
 /// `sluice serve`: the server until SIGINT/SIGTERM.
 pub fn serve(workspaces: Option<PathBuf>, config: Option<PathBuf>, listen: Option<String>) -> u8 {
     let mut settings = match Settings::load(config.as_deref()) {
@@ -57,15 +71,8 @@ pub fn serve(workspaces: Option<PathBuf>, config: Option<PathBuf>, listen: Optio
     if let Some(l) = listen {
         settings.listen = l;
     }
-    let tokio = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("sluice: cannot start the async runtime: {e}");
-            return 2;
-        }
+    let Some(tokio) = async_runtime() else {
+        return 2;
     };
     match tokio.block_on(crate::server::serve(settings)) {
         Ok(()) => 0,
@@ -120,15 +127,8 @@ pub fn run(args: RunArgs) -> u8 {
             return 2;
         }
     };
-    let tokio = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("sluice: cannot start the async runtime: {e}");
-            return 2;
-        }
+    let Some(tokio) = async_runtime() else {
+        return 2;
     };
     tokio.block_on(run_async(args, settings, ws, payload))
 }

@@ -16,19 +16,7 @@ pub struct Compiled {
 /// Parses and compiles one automation file. A YAML syntax error or a file that is
 /// not an automation mapping is an error; other mistakes become diagnostics.
 pub fn parse_automation(file: &Path, text: &str) -> Result<Compiled, Diagnostic> {
-    let yaml: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((0, 0));
-        Diagnostic {
-            file: file.to_path_buf(),
-            line,
-            column,
-            message: format!("invalid YAML: {}", strip_location(&e.to_string())),
-        }
-    })?;
-    let root = from_yaml(yaml);
+    let root = parse_yaml(file, text, true)?;
     let at_top = |message: String| Diagnostic {
         file: file.to_path_buf(),
         line: 1,
@@ -106,6 +94,31 @@ fn var_name(node: Node) -> VarName {
         }
     }
     VarName::Dynamic(node)
+}
+
+/// Parses a YAML file into a value; a syntax error is a diagnostic at its
+/// place, with the parser's message only when `quote` allows it (the message
+/// can quote the file, which must not happen for secrets).
+pub fn parse_yaml(file: &Path, text: &str, quote: bool) -> Result<Value, Diagnostic> {
+    serde_yaml::from_str::<serde_yaml::Value>(text)
+        .map(from_yaml)
+        .map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((0, 0));
+            let message = if quote {
+                format!("invalid YAML: {}", strip_location(&e.to_string()))
+            } else {
+                "invalid YAML".to_string()
+            };
+            Diagnostic {
+                file: file.to_path_buf(),
+                line,
+                column,
+                message,
+            }
+        })
 }
 
 /// Converts parsed YAML into a runtime value (tags are ignored, keys stringified).

@@ -11,7 +11,7 @@
 mod compile;
 mod locate;
 
-pub use compile::{from_yaml, parse_automation, Compiled};
+pub use compile::{parse_automation, parse_yaml, Compiled};
 pub use locate::Locator;
 
 use crate::expr::{Expr, ExprError, Key, Scope, Template};

@@ -341,21 +341,13 @@ fn format_at(ms: f64, format: &str, locale: &str, tz: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::expr::{get_path, Expr, Key, Scope};
+    use crate::expr::Expr;
     use serde_json::json;
 
-    struct TestScope(Value);
-
-    impl Scope for TestScope {
-        fn lookup(&self, path: &[Key]) -> Value {
-            get_path(&self.0, path)
-        }
-    }
-
     fn ev(text: &str) -> Value {
-        let scope = TestScope(Value::from(json!({
+        let scope = Value::from(json!({
             "d": "2022-04-13T08:36:05.493Z", "t": "2023-03-31T17:07:23.975Z", "ms": 1649838965493.0_f64,
-        })));
+        }));
         Expr::parse(text).unwrap().eval(&scope).unwrap()
     }
 

@@ -351,24 +351,16 @@ pub fn loose_eq(a: &Value, b: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::expr::get_path;
+
     use serde_json::json;
 
-    struct TestScope(Value);
-
-    impl Scope for TestScope {
-        fn lookup(&self, path: &[Key]) -> Value {
-            get_path(&self.0, path)
-        }
-    }
-
-    fn scope() -> TestScope {
-        TestScope(Value::from(json!({
+    fn scope() -> Value {
+        Value::from(json!({
             "a": 1, "b": 2, "five": 5, "sfive": "5", "s": "hello", "t": "x y\"z'",
             "arr": ["zz", "ell"], "one": ["ell"], "list": [1, 2, 3], "obj": {"k": "v", "2": "two"},
             "copy": {"k": "v"}, "k": "k", "idx": 1, "zero": 0, "empty": "", "nul": null,
             "nested": {"deep": {"x": 42}}, "name": "deep", "fr": "india", "re": "^h.l",
-        })))
+        }))
     }
 
     fn ev(text: &str) -> Value {

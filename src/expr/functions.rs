@@ -341,24 +341,16 @@ fn parse_query(s: &str) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
-    use crate::expr::{get_path, Expr, ExprError, Key, Scope};
+    use crate::expr::{Expr, ExprError};
     use crate::value::Value;
     use serde_json::json;
 
-    struct TestScope(Value);
-
-    impl Scope for TestScope {
-        fn lookup(&self, path: &[Key]) -> Value {
-            get_path(&self.0, path)
-        }
-    }
-
-    fn scope() -> TestScope {
-        TestScope(Value::from(json!({
+    fn scope() -> Value {
+        Value::from(json!({
             "list": [1, "a", null, [2, 3]], "obj": {"a": 1, "b": {"c": [1, 2]}}, "s": "Hello World",
             "raw": "{\"a\": {\"b\": [10, 20]}}", "n": 2.345, "nul": null, "str": "list",
             "q": "a=1&b=x%20y&a=3", "people": {"name": "Ann", "age": 31, "tags": ["x", "y"]},
-        })))
+        }))
     }
 
     fn ev(text: &str) -> Value {
@@ -492,10 +484,10 @@ mod tests {
     fn jsonmatch_function() {
         assert_eq!(ev("jsonmatch({{people}}, {{obj}})"), Value::Bool(false));
         let q = |query: serde_json::Value| {
-            let s = TestScope(Value::from(json!({
+            let s = Value::from(json!({
                 "p": {"name": "Ann", "age": 31, "tags": ["x", "y"], "addr": {"city": "Paris"}},
                 "q": query,
-            })));
+            }));
             Expr::parse("jsonmatch({{p}}, {{q}})")
                 .unwrap()
                 .eval(&s)

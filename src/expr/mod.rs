@@ -41,6 +41,14 @@ pub trait Scope {
     fn lookup(&self, path: &[Key]) -> Value;
 }
 
+/// A value is a scope of its own: variables are its keys (handy for config
+/// templates and tests).
+impl Scope for Value {
+    fn lookup(&self, path: &[Key]) -> Value {
+        get_path(self, path)
+    }
+}
+
 /// An error in a template or expression, with the text and the 1-based column.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ExprError {

@@ -9,7 +9,7 @@ mod watch;
 
 pub use watch::{Change, Watcher};
 
-use crate::dsl::{parse_automation, Automation, Diagnostic};
+use crate::dsl::{parse_automation, parse_yaml, Automation, Diagnostic};
 use crate::value::{Map, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -70,20 +70,8 @@ pub fn read_secrets(file: &Path) -> Result<Map, Diagnostic> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Map::new()),
         Err(e) => return Err(diag(file, format!("cannot read secrets: {e}"))),
     };
-    let yaml: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((0, 0));
-        Diagnostic {
-            file: file.to_path_buf(),
-            line,
-            column,
-            // The message of a YAML error can quote the file's text: keep secrets out.
-            message: "invalid YAML in secrets file".into(),
-        }
-    })?;
-    match crate::dsl::from_yaml(yaml) {
+    // A YAML error message can quote the file's text: keep secrets out of it.
+    match parse_yaml(file, &text, false)? {
         Value::Object(m) => Ok(Arc::unwrap_or_clone(m)),
         Value::Null => Ok(Map::new()),
         _ => Err(diag(
@@ -216,66 +204,45 @@ fn workspace_file(
     text: &str,
     secrets: &Map,
 ) -> Result<(Option<String>, Value), Diagnostic> {
-    let yaml: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((0, 0));
-        Diagnostic {
-            file: file.to_path_buf(),
-            line,
-            column,
-            message: format!("invalid YAML: {e}"),
-        }
-    })?;
-    let root = crate::dsl::from_yaml(yaml);
-    let Value::Object(m) = root else {
+    let Value::Object(m) = parse_yaml(file, text, true)? else {
         return Err(diag(file, "workspace.yml must be a mapping".into()));
     };
     let name = m.get("name").and_then(Value::as_str).map(str::to_string);
     let config = match m.get("config") {
         None | Some(Value::Null) => Value::empty_object(),
-        Some(c) => resolve_config(c, secrets).map_err(|e| {
-            let mut loc = crate::dsl::Locator::new(text);
-            let (line, column) = loc.find_key("config");
-            Diagnostic {
-                file: file.to_path_buf(),
-                line,
-                column,
-                message: format!("in config: {e}"),
-            }
-        })?,
+        Some(c) => {
+            let mut scope = Map::new();
+            scope.insert("secret".into(), Value::object(secrets.clone()));
+            resolve_config(c, &Value::object(scope)).map_err(|e| {
+                let mut loc = crate::dsl::Locator::new(text);
+                let (line, column) = loc.find_key("config");
+                Diagnostic {
+                    file: file.to_path_buf(),
+                    line,
+                    column,
+                    message: format!("in config: {e}"),
+                }
+            })?
+        }
     };
     Ok((name, config))
 }
 
-struct SecretScope<'a>(&'a Map);
-
-impl crate::expr::Scope for SecretScope<'_> {
-    fn lookup(&self, path: &[crate::expr::Key]) -> Value {
-        match path.split_first() {
-            Some((crate::expr::Key::Name(n), rest)) if &**n == "secret" => {
-                crate::expr::get_path(&Value::object(self.0.clone()), rest)
-            }
-            _ => Value::Undefined,
-        }
-    }
-}
-
-fn resolve_config(v: &Value, secrets: &Map) -> Result<Value, crate::expr::ExprError> {
+/// Resolves templates in config values against `scope` (`{secret: ...}`).
+fn resolve_config(v: &Value, scope: &Value) -> Result<Value, crate::expr::ExprError> {
     match v {
         Value::String(s) if s.contains("{{") || s.contains("{%") => {
-            crate::expr::Template::parse(s)?.render(&SecretScope(secrets))
+            crate::expr::Template::parse(s)?.render(scope)
         }
         Value::List(items) => items
             .iter()
-            .map(|i| resolve_config(i, secrets))
+            .map(|i| resolve_config(i, scope))
             .collect::<Result<Vec<_>, _>>()
             .map(Value::list),
         Value::Object(m) => {
             let mut out = Map::with_capacity(m.len());
             for (k, v) in m.iter() {
-                out.insert(k.clone(), resolve_config(v, secrets)?);
+                out.insert(k.clone(), resolve_config(v, scope)?);
             }
             Ok(Value::object(out))
         }
