@@ -612,10 +612,7 @@ impl Bus for NatsBus {
                 .collect();
             let ack = self
                 .js
-                .send_publish(
-                    CLAIMS_SUBJECT,
-                    PublishMessage::build().message_id(id),
-                )
+                .send_publish(CLAIMS_SUBJECT, PublishMessage::build().message_id(id))
                 .await
                 .map_err(|e| broker("publishing a claim")(&e))?
                 .await
@@ -628,11 +625,7 @@ impl Bus for NatsBus {
         Box::pin(async move {
             self.work.stopping.store(true, Ordering::SeqCst);
             self.work.stop.notify_waiters();
-            let puller = self
-                .puller
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
+            let puller = self.puller.lock().unwrap_or_else(|p| p.into_inner()).take();
             if let Some(puller) = puller {
                 if let Err(e) = puller.await {
                     tracing::warn!(error = %e, "the event consumer ended badly");
