@@ -406,3 +406,60 @@ async fn wait_on_one_instance_sees_an_event_emitted_by_another() {
     assert_eq!(executed.workspace, "ws");
     bounded(Duration::from_secs(5), "settled", a.bus.settled()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_quick_events_and_hands_slow_ones_back() {
+    let server = Server::start();
+    let mut s = settings();
+    // Far longer than the test: a handed-back event must come back by its nak.
+    s.nats.ack_wait_secs = 60;
+    s.nats.shutdown_grace_secs = 2;
+    let sleepy = "when: {events: [job]}\ndo:\n  - wait: {oneOf: [{event: never}], timeout: '{{payload.t}}'}\n";
+    let leaving = instance(&server.url, &s, &[("onjob", sleepy)]).await;
+    for n in 0..10 {
+        let t = if n < 5 { 0.3 } else { 60.0 };
+        leaving.emit("job", json!({"n": n, "t": t})).await;
+    }
+    until(
+        Duration::from_secs(10),
+        "the instance to take every event",
+        || {
+            leaving
+                .metrics
+                .render()
+                .contains("sluice_bus_pending_events 10\n")
+        },
+    )
+    .await;
+    let started = Instant::now();
+    bounded(Duration::from_secs(10), "shutdown", leaving.bus.shutdown()).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(leaving.runs("onjob"), 5, "the quick events finished");
+
+    let done =
+        "when: {events: [job]}\ndo:\n  - emit: {event: done, payload: {n: '{{payload.n}}'}}\n";
+    let other = instance(&server.url, &s, &[("onjob", done)]).await;
+    let mut feed = other.bus.watch();
+    let mut seen = Vec::new();
+    bounded(Duration::from_secs(10), "handed-back events", async {
+        while seen.len() < 5 {
+            let e = feed.recv().await.unwrap();
+            if e.kind == "done" {
+                seen.push(e.payload.to_json()["n"].as_u64().unwrap());
+            }
+        }
+    })
+    .await;
+    bounded(Duration::from_secs(10), "settled", other.bus.settled()).await;
+    seen.sort();
+    assert_eq!(
+        seen,
+        [5, 6, 7, 8, 9],
+        "only the unfinished events come back"
+    );
+    assert_eq!(other.runs("onjob"), 5);
+}
