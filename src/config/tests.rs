@@ -91,6 +91,16 @@ fn default_yaml_lists_every_setting_with_the_built_in_default() {
 }
 
 #[test]
+fn nats_settings_come_from_the_file() {
+    let file = yaml("nats: {max_deliver: -1, max_inflight: 8, consumer: w}\n");
+    let s = Settings::load_from(Some(file.path()), &no_env).unwrap();
+    assert_eq!(s.nats.max_deliver, -1);
+    assert_eq!(s.nats.max_inflight, 8);
+    assert_eq!(s.nats.consumer, "w");
+    assert_eq!(s.nats.stream, "SLUICE_EVENTS");
+}
+
+#[test]
 fn environment_overrides_file_which_overrides_defaults() {
     let file = yaml(
         "listen: 0.0.0.0:1\nruntime: {max_call_depth: 5}\n\
@@ -265,6 +275,23 @@ fn bad_file_values_give_one_line_naming_the_file_and_key() {
             "log_format: xml",
             "log_format: expected \"text\" or \"json\", got \"xml\"",
         ),
+        (
+            "nats: {ack_wait_secs: 0}",
+            "nats.ack_wait_secs: expected a whole number of at least 1, got 0",
+        ),
+        (
+            "nats: {max_inflight: 1.5}",
+            "nats.max_inflight: expected a whole number of at least 1, got 1.5",
+        ),
+        (
+            "nats: {max_deliver: 0}",
+            "nats.max_deliver: expected a whole number of at least 1, or -1 for no limit, got 0",
+        ),
+        (
+            "nats: {stream: a.b}",
+            "nats.stream: expected a name of 1 to 64 characters",
+        ),
+        ("nats: {strem: x}", "strem"),
         ("limits: {emits: {rat: 5}}", "rat"),
         ("listn: x", "listn"),
         ("limits: [unclosed", ""),

@@ -1,0 +1,120 @@
+//! Emit → listener start latency over a real nats-server with JetStream: the time from
+//! `Bus::publish` (which returns once the event is stored) until the shared consumer
+//! hands the event to this instance's handler, where the runtime starts the listeners.
+//!
+//! `cargo bench --bench nats` (needs nats-server >= 2.11: `scripts/nats-test-server.sh install`).
+//! Prints the median and p99 of every measured emit next to criterion's estimate.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use futures::future::BoxFuture;
+use sluice::bus::{Bus, Event, EventHandler, NatsBus};
+use sluice::config::NatsSettings;
+use sluice::metrics::Metrics;
+use sluice::value::{Map, Value};
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/nats-test-server.sh");
+
+/// Reports when the bus hands over an event: that is where listeners start.
+struct Started(mpsc::UnboundedSender<Instant>);
+
+impl EventHandler for Started {
+    fn handle(&self, _event: Arc<Event>) -> BoxFuture<'static, ()> {
+        let _ = self.0.send(Instant::now());
+        Box::pin(async {})
+    }
+}
+
+fn event(n: u64) -> Event {
+    let mut source = Map::new();
+    source.insert("workspaceId".into(), Value::str("bench"));
+    Event {
+        id: format!("bench-{n}"),
+        workspace: "bench".into(),
+        kind: "bench.tick".into(),
+        payload: Value::empty_object(),
+        source,
+        created_at: "2026-11-22T15:03:42.056Z".into(),
+    }
+}
+
+fn start_server(pidfile: &Path) -> String {
+    let out = Command::new("bash")
+        .arg(SCRIPT)
+        .args(["start", "--jetstream", "--max-lifetime", "600", "--pidfile"])
+        .arg(pidfile)
+        .output()
+        .expect("run nats-test-server.sh");
+    assert!(
+        out.status.success(),
+        "nats-server did not start (run scripts/nats-test-server.sh install):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pidfile = dir.path().join("nats.pid");
+    let url = start_server(&pidfile);
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let (tx, rx) = mpsc::unbounded_channel();
+    let bus = tokio.block_on(async {
+        let bus = NatsBus::connect(&url, &NatsSettings::default(), Arc::new(Metrics::default()))
+            .await
+            .expect("connect");
+        bus.start(Arc::new(Started(tx)));
+        bus
+    });
+    let rx = tokio::sync::Mutex::new(rx);
+    let samples = Mutex::new(Vec::new());
+    let mut n = 0;
+    c.bench_function("nats_emit_to_listener_start", |b| {
+        b.to_async(&tokio).iter_custom(|iters| {
+            let (bus, rx, samples) = (&bus, &rx, &samples);
+            let first = n;
+            n += iters;
+            async move {
+                let mut rx = rx.lock().await;
+                let mut total = Duration::ZERO;
+                for i in 0..iters {
+                    let sent = Instant::now();
+                    bus.publish(event(first + i)).await.expect("publish");
+                    let started = rx.recv().await.expect("handler");
+                    let latency = started.duration_since(sent);
+                    samples.lock().expect("samples").push(latency);
+                    total += latency;
+                }
+                total
+            }
+        })
+    });
+    let mut all = samples.into_inner().expect("samples");
+    all.sort();
+    if !all.is_empty() {
+        println!(
+            "emit -> listener start over NATS: median {:?}, p99 {:?} ({} emits)",
+            all[all.len() / 2],
+            all[all.len() * 99 / 100],
+            all.len()
+        );
+    }
+    tokio.block_on(bus.shutdown());
+    drop(tokio);
+    let _ = Command::new("bash")
+        .arg(SCRIPT)
+        .arg("stop")
+        .arg(&pidfile)
+        .output();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
