@@ -442,7 +442,7 @@ impl fmt::Debug for Settings {
 }
 
 /// `nats://user:pass@host` becomes `nats://<redacted>@host`.
-fn redact_userinfo(url: &str) -> String {
+pub fn redact_userinfo(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}<redacted>{}", &url[..scheme + 3], &url[at..])

@@ -169,12 +169,10 @@ async fn connect_bus(
 ) -> Result<Arc<dyn Bus>, String> {
     match &settings.nats_url {
         None => Ok(Arc::new(EmbeddedBus::new())),
-        Some(url) => {
-            let _ = metrics;
-            Err(format!(
-                "NATS_URL {url}: the NATS bus is not available in this build yet"
-            ))
-        }
+        Some(url) => crate::bus::NatsBus::connect(url, &settings.nats, metrics.clone())
+            .await
+            .map(|b| Arc::new(b) as Arc<dyn Bus>)
+            .map_err(|e| format!("NATS_URL {}: {e}", crate::config::redact_userinfo(url))),
     }
 }
 

@@ -13,57 +13,13 @@ use sluice::metrics::Metrics;
 use sluice::runtime::{Runtime, Start, Trigger};
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/nats-test-server.sh");
-
-/// A nats-server with JetStream, stopped on drop.
-struct Server {
-    url: String,
-    pidfile: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let pidfile = dir.path().join("nats.pid");
-        let out = Command::new("bash")
-            .arg(SCRIPT)
-            .args(["start", "--jetstream", "--max-lifetime", "600", "--pidfile"])
-            .arg(&pidfile)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {SCRIPT}: {e}"));
-        assert!(
-            out.status.success(),
-            "nats-server did not start; these tests need nats-server >= 2.11 \
-             (run `scripts/nats-test-server.sh install` and export NATS_SERVER_BIN, \
-             or use scripts/test.sh). Script output:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        Server {
-            url,
-            pidfile,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(SCRIPT)
-            .arg("stop")
-            .arg(&self.pidfile)
-            .output();
-    }
-}
+mod common;
+use common::NatsServer as Server;
 
 /// One sluice instance: its runtime, bus and bus metrics.
 struct Instance {

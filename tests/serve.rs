@@ -1,95 +1,11 @@
 //! `sluice serve` as an operator runs it: the real binary on a free loopback
 //! port, live reload of edited files, schedules, and graceful shutdown.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-struct Serve {
-    child: Child,
-    base: String,
-    logs: Arc<Mutex<String>>,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn write(root: &Path, name: &str, text: &str) {
-    let ws = root.join("automations/demo");
-    std::fs::create_dir_all(&ws).unwrap();
-    std::fs::write(ws.join(name), text).unwrap();
-}
-
-fn get(url: &str) -> Option<(u16, String)> {
-    let r = reqwest::blocking::get(url).ok()?;
-    let status = r.status().as_u16();
-    Some((status, r.text().unwrap_or_default()))
-}
-
-/// Polls `f` every 50 ms until it is true or `limit` passes; returns the time it took.
-fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
-}
-
-fn serve(root: &Path) -> Serve {
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--workspaces",
-        ])
-        .arg(root.join("automations"))
-        .env("SLUICE_SECRETS", root.join("secrets"))
-        .env("RUST_LOG", "info")
-        .env_remove("NATS_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let logs = Arc::new(Mutex::new(String::new()));
-    let stderr = child.stderr.take().unwrap();
-    let sink = logs.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let mut l = sink.lock().unwrap();
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
-    let base = format!("http://127.0.0.1:{port}");
-    let health = format!("{base}/sys/healthcheck");
-    assert!(
-        within(Duration::from_secs(10), || get(&health)
-            .is_some_and(|(s, _)| s == 200))
-        .is_some(),
-        "server did not become healthy: {}",
-        logs.lock().unwrap()
-    );
-    Serve { child, base, logs }
-}
+mod common;
+use common::{get, serve, within, write};
 
 #[test]
 fn edits_are_live_within_two_seconds_and_broken_files_keep_the_last_good_version() {

@@ -1,0 +1,127 @@
+//! Several `sluice serve` processes on one real nats-server: an instance
+//! killed with SIGKILL mid-run loses no event, and schedules tick once per
+//! cluster. Events are observed from the test through a NATS subscription.
+
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::time::Duration;
+
+mod common;
+use common::{serve_with, write, NatsServer, Serve};
+
+/// Config for the instances: a short ack wait so a dead instance's events
+/// come back quickly.
+fn config(root: &std::path::Path) -> String {
+    let file = root.join("sluice.yaml");
+    std::fs::write(
+        &file,
+        "nats:\n  ack_wait_secs: 2\n  shutdown_grace_secs: 2\n",
+    )
+    .unwrap();
+    file.to_string_lossy().into_owned()
+}
+
+/// Starts an instance; its start-up check is blocking HTTP, so it leaves the
+/// async worker thread meanwhile.
+fn instance(root: &std::path::Path, nats: &str, config: &str) -> Serve {
+    tokio::task::block_in_place(|| {
+        serve_with(
+            root,
+            &[("NATS_URL", nats), ("RATE_LIMIT_DISABLED", "true")],
+            &["--config", config],
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instance_loses_no_event() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "work.yml",
+        "slug: work\nwhen: {events: [work]}\ndo:\n  - wait: {timeout: 0.3}\n  - emit: {event: done, payload: {n: '{{payload.n}}'}}\n",
+    );
+    let cfg = config(dir.path());
+    let a = instance(dir.path(), &nats.url, &cfg);
+    let mut b = instance(dir.path(), &nats.url, &cfg);
+
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let mut done = client.subscribe("sluice.demo.events.done").await.unwrap();
+
+    const N: usize = 300;
+    let events: Vec<serde_json::Value> = (0..N)
+        .map(|n| serde_json::json!({"type": "work", "payload": {"n": n}}))
+        .collect();
+    let r = reqwest::Client::new()
+        .post(format!("{}/v2/workspaces/demo/events", a.base))
+        .json(&events)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+
+    // Let both instances take work, then kill one in the middle of the run.
+    let mut seen: HashMap<u64, u32> = HashMap::new();
+    let kill_after = tokio::time::Instant::now() + Duration::from_millis(200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut killed = false;
+    while seen.len() < N {
+        if !killed && tokio::time::Instant::now() >= kill_after {
+            b.child.kill().unwrap();
+            b.child.wait().unwrap();
+            killed = true;
+        }
+        let next = tokio::time::timeout(Duration::from_millis(100), done.next()).await;
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "only {} of {N} events ran; logs of the survivor:\n{}",
+                seen.len(),
+                a.logs.lock().unwrap()
+            );
+        }
+        if let Ok(Some(msg)) = next {
+            let event: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+            let n = event["payload"]["n"].as_u64().unwrap();
+            *seen.entry(n).or_default() += 1;
+        }
+    }
+    assert!(killed, "the run ended before an instance could be killed");
+    let duplicates: u32 = seen.values().map(|c| c - 1).sum();
+    println!("all {N} events ran; {duplicates} ran twice (redelivered after the kill)");
+    assert_eq!(seen.len(), N);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_tick_once_per_cluster() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "tick.yml",
+        "slug: tick\nwhen: {schedules: ['* * * * * *']}\ndo: []\n",
+    );
+    let cfg = config(dir.path());
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let mut executed = client.subscribe("sluice.demo.executed").await.unwrap();
+    let _a = instance(dir.path(), &nats.url, &cfg);
+    let _b = instance(dir.path(), &nats.url, &cfg);
+
+    // Count runs per tick second over about four seconds.
+    let mut per_second: HashMap<String, u32> = HashMap::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    while let Ok(Some(msg)) = tokio::time::timeout_at(until, executed.next()).await {
+        let event: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+        if event["payload"]["trigger"]["type"] == "schedule" {
+            let started = event["payload"]["startedAt"].as_str().unwrap_or("");
+            *per_second
+                .entry(started[..19.min(started.len())].to_string())
+                .or_default() += 1;
+        }
+    }
+    assert!(per_second.len() >= 3, "too few ticks: {per_second:?}");
+    assert!(
+        per_second.values().all(|&c| c == 1),
+        "a tick ran more than once: {per_second:?}"
+    );
+}
