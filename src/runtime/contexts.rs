@@ -26,10 +26,28 @@ pub struct RunState {
     pub session: Mutex<Map>,
 }
 
+/// How many new runs between two sweeps of forgotten ones.
+const SWEEP_EVERY: usize = 1024;
+
+impl RunState {
+    /// Whether no automation wrote to `run`, `user` or `session`: such a
+    /// state has nothing to share and can go as soon as nobody uses it.
+    fn is_empty(&self) -> bool {
+        let empty = |m: &Mutex<Map>| m.lock().map(|m| m.is_empty()).unwrap_or(false);
+        empty(&self.run) && empty(&self.user) && empty(&self.session)
+    }
+}
+
 /// Run states by correlation id.
 #[derive(Default)]
 pub struct RunRegistry {
-    runs: Mutex<HashMap<String, (Arc<RunState>, Instant)>>,
+    runs: Mutex<Runs>,
+}
+
+#[derive(Default)]
+struct Runs {
+    by_id: HashMap<String, (Arc<RunState>, Instant)>,
+    since_sweep: usize,
 }
 
 impl RunRegistry {
@@ -37,13 +55,22 @@ impl RunRegistry {
     pub fn get(&self, correlation_id: &str) -> Arc<RunState> {
         let now = Instant::now();
         let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
-        if runs.len() > 1024 {
-            // Amortised sweep: forget runs nobody has touched for RUN_TTL.
-            runs.retain(|_, (state, used)| {
-                Arc::strong_count(state) > 1 || now.duration_since(*used) < RUN_TTL
+        if let Some((state, used)) = runs.by_id.get_mut(correlation_id) {
+            *used = now;
+            return state.clone();
+        }
+        runs.since_sweep += 1;
+        if runs.since_sweep >= SWEEP_EVERY {
+            // Amortised sweep: a run in use stays; one that wrote shared state
+            // stays RUN_TTL after its last use (its events' listeners may still
+            // come); the rest go.
+            runs.since_sweep = 0;
+            runs.by_id.retain(|_, (state, used)| {
+                Arc::strong_count(state) > 1
+                    || (now.duration_since(*used) < RUN_TTL && !state.is_empty())
             });
         }
-        let entry = runs.entry(correlation_id.to_string()).or_insert_with(|| {
+        let entry = runs.by_id.entry(correlation_id.to_string()).or_insert_with(|| {
             (
                 Arc::new(RunState {
                     correlation_id: correlation_id.to_string(),
@@ -54,7 +81,37 @@ impl RunRegistry {
                 now,
             )
         });
-        entry.1 = now;
         entry.0.clone()
+    }
+
+    /// How many runs are remembered.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_id
+            .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_without_shared_state_are_forgotten_and_others_kept() {
+        let registry = RunRegistry::default();
+        let kept = registry.get("writer");
+        kept.run
+            .lock()
+            .unwrap()
+            .insert("x".into(), crate::value::Value::Bool(true));
+        drop(kept);
+        for i in 0..3 * SWEEP_EVERY {
+            drop(registry.get(&format!("r{i}")));
+        }
+        assert!(registry.len() <= SWEEP_EVERY + 1, "{}", registry.len());
+        assert!(registry.get("writer").run.lock().unwrap().contains_key("x"));
     }
 }
