@@ -70,18 +70,15 @@ impl RunRegistry {
                     || (now.duration_since(*used) < RUN_TTL && !state.is_empty())
             });
         }
-        let entry = runs.by_id.entry(correlation_id.to_string()).or_insert_with(|| {
-            (
-                Arc::new(RunState {
-                    correlation_id: correlation_id.to_string(),
-                    run: Mutex::default(),
-                    user: Mutex::default(),
-                    session: Mutex::default(),
-                }),
-                now,
-            )
+        let state = Arc::new(RunState {
+            correlation_id: correlation_id.to_string(),
+            run: Mutex::default(),
+            user: Mutex::default(),
+            session: Mutex::default(),
         });
-        entry.0.clone()
+        runs.by_id
+            .insert(correlation_id.to_string(), (state.clone(), now));
+        state
     }
 
     /// How many runs are remembered.
