@@ -24,6 +24,7 @@ const HELLO: &str = "slug: hello\nwhen: {endpoint: true}\ndo:\n  - emit: {event:
 const ECHO: &str = "slug: echo\nwhen: {endpoint: true}\ndo: []\noutput: {body: '{{body}}', method: '{{method}}', query: '{{query}}', headers: '{{headers}}'}\n";
 const FAIL: &str = "slug: fail\nwhen: {endpoint: true}\ndo:\n  - nobody: {}\n";
 const PRIVATE: &str = "slug: private\ndo: []\n";
+const LEAK: &str = "slug: leak\nwhen: {endpoint: true}\narguments: {password: {type: string, secret: true}}\ndo: []\noutput: 'key={{secret.apiKey}}'\n";
 const LISTENER: &str =
     "slug: listener\nwhen: {events: [greeted, ping]}\ndo: []\noutput: 'got {{payload.name}}'\n";
 
@@ -45,8 +46,15 @@ async fn server(admin_token: Option<&str>) -> Server {
             ("fail", FAIL),
             ("private", PRIVATE),
             ("listener", LISTENER),
+            ("leak", LEAK),
         ],
     );
+    std::fs::create_dir_all(dir.path().join("secrets")).unwrap();
+    std::fs::write(
+        dir.path().join("secrets/demo.yml"),
+        "apiKey: sup3r-s3cret\n",
+    )
+    .unwrap();
     let mut settings = Settings::load_from(None, &|_| None).unwrap();
     settings.workspaces = dir.path().join("automations");
     settings.secrets = dir.path().join("secrets");
@@ -432,4 +440,35 @@ async fn secrets_api_authorizes_hides_values_and_applies_limits_live() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn executed_events_never_show_secret_values() {
+    let s = server(None).await;
+    let sse = s
+        .client
+        .get(s.url("/v2/workspaces/demo/events"))
+        .send()
+        .await
+        .unwrap();
+    let r = s
+        .client
+        .post(s.url("/v2/workspaces/demo/webhooks/leak"))
+        .json(&json!({"note": "uses sup3r-s3cret"}))
+        .send()
+        .await
+        .unwrap();
+    // The caller gets what the automation returns; the event stream does not.
+    assert_eq!(r.text().await.unwrap(), "key=sup3r-s3cret");
+    read_sse(sse, |event, data| {
+        if event != "runtime.automations.executed" {
+            return false;
+        }
+        let text = data.to_string();
+        assert!(!text.contains("sup3r-s3cret"), "{text}");
+        assert_eq!(data["payload"]["output"], "key=REDACTED");
+        assert_eq!(data["payload"]["payload"]["body"]["note"], "uses REDACTED");
+        true
+    })
+    .await;
 }

@@ -10,11 +10,13 @@ mod contexts;
 mod error;
 mod exec;
 mod fetch;
+mod redact;
 #[cfg(test)]
 mod tests;
 
 pub use contexts::RunState;
 pub use error::{ErrorKind, ExecError};
+pub use redact::secret_texts;
 
 use crate::bus::{Bus, Event, EventHandler, EXECUTED};
 use crate::config::Settings;
@@ -412,10 +414,10 @@ impl Inner {
         let waited = limits.acquire(LimitKind::Automations, 1).await;
         self.throttled(&x.ws.id, LimitKind::Automations, waited, &throttled);
         // Executed events cost a copy of the payload: build them only when someone can see them.
-        let trigger_payload = self
-            .bus
-            .has_watchers()
-            .then(|| Value::object(x.locals.clone()));
+        let trigger_payload = self.bus.has_watchers().then(|| {
+            let secret_args = redact::secret_arguments(x.automation.arguments.as_ref());
+            redact::redact_payload(&x.locals, &secret_args, &x.ws.secret_texts)
+        });
         let locals = std::mem::take(&mut x.locals);
         let exec = exec::Exec {
             rt: self,
@@ -469,7 +471,10 @@ impl Inner {
         let mut p = Map::new();
         p.insert("slug".into(), Value::str(x.automation.slug.as_str()));
         p.insert("payload".into(), payload);
-        p.insert("output".into(), o.output.clone());
+        p.insert(
+            "output".into(),
+            redact::redact(&o.output, &x.ws.secret_texts),
+        );
         p.insert(
             "duration".into(),
             Value::Number(o.duration.as_millis() as f64),

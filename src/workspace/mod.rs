@@ -26,6 +26,8 @@ pub struct Workspace {
     pub config: Value,
     /// The workspace's secrets (`{{secret.x}}`, rate limit overrides).
     pub secrets: Map,
+    /// Secret values as text, longest first, to hide in executed events.
+    pub secret_texts: Vec<String>,
     /// Automations by slug.
     pub automations: HashMap<String, Arc<Automation>>,
     /// Automations listening to each event type.
@@ -188,6 +190,7 @@ pub fn load(dir: &Path, secrets_file: Option<&Path>) -> Result<Workspace, Vec<Di
         id,
         name,
         config,
+        secret_texts: crate::runtime::secret_texts(&secrets),
         secrets,
         automations,
         listeners,
