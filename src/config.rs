@@ -541,14 +541,7 @@ mod de {
         D: Deserializer<'de>,
         T: TryFrom<u64>,
     {
-        let raw = raw(d)?;
-        // Below 2^53 every whole f64 is exact, which covers every sensible size or count.
-        let exact = raw
-            .number
-            .filter(|n| n.fract() == 0.0 && (0.0..9_007_199_254_740_992.0).contains(n));
-        exact
-            .and_then(|n| T::try_from(n as u64).ok())
-            .ok_or_else(|| refuse("expected a non-negative whole number", &raw))
+        whole_from(d, 0.0, "expected a non-negative whole number")
     }
 
     pub(super) fn positive<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -556,13 +549,22 @@ mod de {
         D: Deserializer<'de>,
         T: TryFrom<u64>,
     {
+        whole_from(d, 1.0, "expected a whole number of at least 1")
+    }
+
+    fn whole_from<'de, D, T>(d: D, min: f64, expected: &str) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<u64>,
+    {
         let raw = raw(d)?;
+        // Below 2^53 every whole f64 is exact, which covers every sensible size or count.
         let exact = raw
             .number
-            .filter(|n| n.fract() == 0.0 && (1.0..9_007_199_254_740_992.0).contains(n));
+            .filter(|n| n.fract() == 0.0 && (min..9_007_199_254_740_992.0).contains(n));
         exact
             .and_then(|n| T::try_from(n as u64).ok())
-            .ok_or_else(|| refuse("expected a whole number of at least 1", &raw))
+            .ok_or_else(|| refuse(expected, &raw))
     }
 
     pub(super) fn max_deliver<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {

@@ -84,18 +84,39 @@ impl Server {
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
+
+    /// Opens the workspace's event stream.
+    async fn events(&self) -> reqwest::Response {
+        let r = self
+            .client
+            .get(self.url("/v2/workspaces/demo/events"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r
+    }
+
+    /// POSTs `body` as JSON.
+    async fn post(&self, path: &str, body: &J) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
 }
 
 #[tokio::test]
 async fn webhook_runs_the_automation_and_answers_its_output() {
     let s = server(None).await;
     let r = s
-        .client
-        .post(s.url("/v2/workspaces/demo/webhooks/hello"))
-        .json(&json!({"name": "Ada"}))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            "/v2/workspaces/demo/webhooks/hello",
+            &json!({"name": "Ada"}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     assert!(r.headers()["content-type"]
         .to_str()
@@ -213,20 +234,13 @@ async fn read_sse(resp: reqwest::Response, mut want: impl FnMut(&str, &J) -> boo
 #[tokio::test]
 async fn events_are_ingested_and_streamed_with_executed_events() {
     let s = server(None).await;
-    let sse = s
-        .client
-        .get(s.url("/v2/workspaces/demo/events"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sse.status(), 200);
+    let sse = s.events().await;
     let r = s
-        .client
-        .post(s.url("/v2/workspaces/demo/events"))
-        .json(&json!([{"type": "ping", "payload": {"name": "Bob"}}]))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            "/v2/workspaces/demo/events",
+            &json!([{"type": "ping", "payload": {"name": "Bob"}}]),
+        )
+        .await;
     assert_eq!(r.status(), 202);
     let mut saw_ping = false;
     read_sse(sse, |event, data| {
@@ -243,38 +257,21 @@ async fn events_are_ingested_and_streamed_with_executed_events() {
     assert!(saw_ping);
 
     let bad = s
-        .client
-        .post(s.url("/v2/workspaces/demo/events"))
-        .json(&json!({"type": "bad/name"}))
-        .send()
-        .await
-        .unwrap();
+        .post("/v2/workspaces/demo/events", &json!({"type": "bad/name"}))
+        .await;
     assert_eq!(bad.status(), 400);
     let unknown = s
-        .client
-        .post(s.url("/v2/workspaces/nope/events"))
-        .json(&json!({"type": "x"}))
-        .send()
-        .await
-        .unwrap();
+        .post("/v2/workspaces/nope/events", &json!({"type": "x"}))
+        .await;
     assert_eq!(unknown.status(), 404);
 }
 
 #[tokio::test]
 async fn webhook_executed_event_carries_http_source_and_correlation() {
     let s = server(None).await;
-    let sse = s
-        .client
-        .get(s.url("/v2/workspaces/demo/events"))
-        .send()
-        .await
-        .unwrap();
-    s.client
-        .post(s.url("/v2/workspaces/demo/webhooks/hello"))
-        .json(&json!({"name": "Cy"}))
-        .send()
-        .await
-        .unwrap();
+    let sse = s.events().await;
+    s.post("/v2/workspaces/demo/webhooks/hello", &json!({"name": "Cy"}))
+        .await;
     let mut correlation = None;
     let mut listener_correlation = None;
     read_sse(sse, |event, data| {
@@ -317,12 +314,8 @@ async fn health_and_metrics() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<J>().await.unwrap(), json!({"healthy": true}));
-    s.client
-        .post(s.url("/v2/workspaces/demo/webhooks/hello"))
-        .json(&json!({"name": "M"}))
-        .send()
-        .await
-        .unwrap();
+    s.post("/v2/workspaces/demo/webhooks/hello", &json!({"name": "M"}))
+        .await;
     let text = s
         .client
         .get(s.url("/metrics"))
@@ -445,19 +438,13 @@ async fn secrets_api_authorizes_hides_values_and_applies_limits_live() {
 #[tokio::test]
 async fn executed_events_never_show_secret_values() {
     let s = server(None).await;
-    let sse = s
-        .client
-        .get(s.url("/v2/workspaces/demo/events"))
-        .send()
-        .await
-        .unwrap();
+    let sse = s.events().await;
     let r = s
-        .client
-        .post(s.url("/v2/workspaces/demo/webhooks/leak"))
-        .json(&json!({"note": "uses sup3r-s3cret"}))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            "/v2/workspaces/demo/webhooks/leak",
+            &json!({"note": "uses sup3r-s3cret"}),
+        )
+        .await;
     // The caller gets what the automation returns; the event stream does not.
     assert_eq!(r.text().await.unwrap(), "key=sup3r-s3cret");
     read_sse(sse, |event, data| {
