@@ -614,6 +614,14 @@ impl<'a> Exec<'a> {
             tokio::time::sleep(timeout).await;
             return Ok(Value::Undefined);
         }
+        // `cancelTriggers`: the event this wait takes must not start its listeners.
+        let cancelling: Vec<Map> = one_of
+            .iter()
+            .filter(|c| matches!(c.get("cancelTriggers"), Some(Value::Bool(true))))
+            .map(|c| (*c).clone())
+            .collect();
+        let _cancel =
+            (!cancelling.is_empty()).then(|| self.rt.cancels.register(&self.ws.id, cancelling));
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let event = match tokio::time::timeout_at(deadline, feed.recv()).await {
@@ -638,7 +646,7 @@ impl<'a> Exec<'a> {
 
 /// Whether an event matches one `oneOf` entry: same type and every filter equal
 /// (loosely) to the value at its dotted path in the event.
-fn matches_condition(c: &Map, kind: &str, event: &Value) -> bool {
+pub(super) fn matches_condition(c: &Map, kind: &str, event: &Value) -> bool {
     if c.get("event").and_then(Value::as_str) != Some(kind) {
         return false;
     }

@@ -6,6 +6,7 @@
 //! automations it calls and the listeners of the events it emits.
 
 mod args;
+mod cancel;
 mod contexts;
 mod error;
 mod exec;
@@ -116,6 +117,7 @@ struct Inner {
     recorder: Mutex<Option<Vec<Event>>>,
     ids: AtomicU64,
     metrics: Arc<Metrics>,
+    cancels: Arc<cancel::Cancels>,
 }
 
 impl Runtime {
@@ -162,6 +164,7 @@ impl Runtime {
                 recorder: Mutex::new(None),
                 ids: AtomicU64::new(0),
                 metrics,
+                cancels: Arc::default(),
             }),
         };
         bus.start(Arc::new(Listeners(Arc::downgrade(&rt.inner))));
@@ -511,6 +514,9 @@ impl EventHandler for Listeners {
             let Some(listeners) = ws.listeners.get(&event.kind) else {
                 return;
             };
+            if inner.cancels.take(&event) {
+                return;
+            }
             let runs = listeners.iter().map(|automation| {
                 let mut locals = Map::with_capacity(3);
                 locals.insert("payload".into(), event.payload.clone());

@@ -272,3 +272,18 @@ async fn a_template_that_expands_forever_fails_clearly() {
     let r = f.run("main", json!({})).await;
     assert!(r.is_err(), "{r:?}");
 }
+
+#[tokio::test]
+async fn wait_with_cancel_triggers_keeps_listeners_from_running() {
+    let f = fixture(&[
+        (
+            "main",
+            "do:\n  - all:\n      - wait: {oneOf: [{event: go, cancelTriggers: true}], timeout: 2, output: w}\n      - emit: {event: go}\n  - emit: {event: go}\noutput: '{{w.type}}'\n",
+        ),
+        ("listener", "when: {events: [go]}\ndo:\n  - emit: {event: ran}\n"),
+    ]);
+    assert_eq!(f.run("main", json!({})).await.unwrap(), json!("go"));
+    // The first `go` was taken by the wait; only the second one ran the listener.
+    let kinds: Vec<String> = f.emitted().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(kinds, vec!["go", "go", "ran"]);
+}
