@@ -47,6 +47,15 @@ async fn server() -> String {
             }),
         )
         .route(
+            "/sse",
+            get(|| async {
+                (
+                    [("content-type", "text/event-stream")],
+                    "data: {\"text\": \"Hel\"}\n\ndata: {\"text\": \"lo\"}\n\ndata: [DONE]\n\n",
+                )
+            }),
+        )
+        .route(
             "/big",
             get(|| async { "x".repeat(64 * 1024).into_response() }),
         );
@@ -220,4 +229,27 @@ async fn connection_refused_and_empty_url_fail_clearly() {
     assert!(err.contains("main.yml:"), "{err}");
     let (out, _) = run("  - fetch: {url: ''}\n", "done", |_| {}).await;
     assert!(out.unwrap_err().contains("`url` is required"));
+}
+
+#[tokio::test]
+async fn server_sent_events_become_chunks_and_stream_events() {
+    let base = server().await;
+    let (out, events) = run(
+        &format!(
+            "  - fetch: {{url: '{base}/sse', output: r}}\n  - repeat:\n      on: '{{{{r.body}}}}'\n      do:\n        - set: {{name: 'seen[]', value: '{{{{item.chunk.data[0]}}}}'}}\n  - fetch:\n      url: '{base}/sse'\n      stream: {{event: piece, payload: {{k: 1}}, concatenate: {{path: text}}}}\n"
+        ),
+        "{status: '{{r.status}}', seen: '{{seen}}'}",
+        |_| {},
+    )
+    .await;
+    assert_eq!(
+        out.unwrap(),
+        json!({"status": 200, "seen": [{"text": "Hel"}, {"text": "lo"}, "[DONE]"]})
+    );
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events[0].0, "piece");
+    assert_eq!(
+        events[1].1,
+        json!({"index": 1, "concatenated": {"value": "Hello"}, "chunk": {"data": [{"text": "lo"}]}, "additionalPayload": {"k": 1}})
+    );
 }

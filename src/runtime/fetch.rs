@@ -136,14 +136,25 @@ impl Exec<'_> {
             self.native_event(FETCH_FAILED, Value::object(payload))
                 .await?;
         }
-        Ok(match m.get("outputMode").and_then(Value::as_str) {
-            Some("detailed_response") => {
-                let mut d = Map::new();
-                d.insert("headers".into(), Value::object(response.headers));
-                d.insert("status".into(), Value::Number(response.status as f64));
-                d.insert("body".into(), body);
-                Value::object(d)
+        let detailed = |body: Value, headers: Map| {
+            let mut d = Map::new();
+            d.insert("headers".into(), Value::object(headers));
+            d.insert("status".into(), Value::Number(response.status as f64));
+            d.insert("body".into(), body);
+            Value::object(d)
+        };
+        if let Value::List(chunks) = &body {
+            if is_event_stream(&response.content_type) {
+                // An SSE answer is a detailed response whose body lists the chunks
+                // (`repeat on:` walks them); with `stream.event` each is also emitted.
+                if let Some(Value::Object(stream)) = m.get("stream") {
+                    self.emit_chunks(stream, chunks).await?;
+                }
+                return Ok(detailed(body.clone(), response.headers.clone()));
             }
+        }
+        Ok(match m.get("outputMode").and_then(Value::as_str) {
+            Some("detailed_response") => detailed(body, response.headers.clone()),
             Some("data_url") => Value::str(format!(
                 "data:{};base64,{}",
                 response.content_type,
@@ -151,6 +162,47 @@ impl Exec<'_> {
             )),
             _ => body,
         })
+    }
+
+    /// Emits one `stream.event` per SSE chunk: `{index, chunk, additionalPayload}`,
+    /// plus `concatenated` (the text at `stream.concatenate.path` of every chunk
+    /// so far) when asked.
+    async fn emit_chunks(&self, stream: &Map, chunks: &[Value]) -> Result<(), ExecError> {
+        let Some(event) = stream.get("event").and_then(Value::as_str) else {
+            return Ok(());
+        };
+        let concat_path = stream
+            .get("concatenate")
+            .and_then(Value::as_object)
+            .and_then(|c| c.get("path"))
+            .and_then(Value::as_str)
+            .and_then(|p| crate::expr::parse_variable_name(p).ok());
+        let mut concatenated = String::new();
+        for (index, chunk) in chunks.iter().enumerate() {
+            let chunk = chunk
+                .as_object()
+                .and_then(|c| c.get("chunk"))
+                .cloned()
+                .unwrap_or_default();
+            let mut payload = Map::new();
+            payload.insert("index".into(), Value::Number(index as f64));
+            if let Some(path) = &concat_path {
+                let data = chunk.as_object().and_then(|c| c.get("data"));
+                for item in data.and_then(Value::as_list).into_iter().flatten() {
+                    concatenated.push_str(&text(&crate::expr::get_path(item, path)));
+                }
+                let mut c = Map::new();
+                c.insert("value".into(), Value::str(concatenated.as_str()));
+                payload.insert("concatenated".into(), Value::object(c));
+            }
+            payload.insert("chunk".into(), chunk);
+            if let Some(extra) = stream.get("payload") {
+                payload.insert("additionalPayload".into(), extra.clone());
+            }
+            self.take(LimitKind::Emits, 1).await;
+            self.native_event(event, Value::object(payload)).await?;
+        }
+        Ok(())
     }
 
     /// Sends with up to two retries on a connection reset (as the reference does).
@@ -268,10 +320,46 @@ fn error_chain(e: &reqwest::Error) -> String {
     out
 }
 
-/// Parses a body by content type: JSON, text, or (other binary types) text with
-/// invalid UTF-8 replaced.
+fn is_event_stream(content_type: &str) -> bool {
+    content_type
+        .to_ascii_lowercase()
+        .starts_with("text/event-stream")
+}
+
+/// Splits a Server-Sent Events body into chunks `{chunk: {data: [...]}}`, each
+/// `data:` line parsed as JSON when it is JSON (`[DONE]`-style markers stay text).
+fn sse_chunks(text: &str) -> Value {
+    let mut chunks = Vec::new();
+    for block in text.replace("\r\n", "\n").split("\n\n") {
+        let data: Vec<Value> = block
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(|d| {
+                let d = d.strip_prefix(' ').unwrap_or(d);
+                serde_json::from_str::<serde_json::Value>(d)
+                    .map(Value::from)
+                    .unwrap_or_else(|_| Value::str(d))
+            })
+            .collect();
+        if data.is_empty() {
+            continue;
+        }
+        let mut chunk = Map::new();
+        chunk.insert("data".into(), Value::list(data));
+        let mut item = Map::new();
+        item.insert("chunk".into(), Value::object(chunk));
+        chunks.push(Value::object(item));
+    }
+    Value::list(chunks)
+}
+
+/// Parses a body by content type: JSON, SSE chunks, text, or (other binary
+/// types) text with invalid UTF-8 replaced.
 fn decode_body(r: &Response) -> Value {
     let ct = r.content_type.to_ascii_lowercase();
+    if is_event_stream(&ct) {
+        return sse_chunks(&String::from_utf8_lossy(&r.bytes));
+    }
     if ct.contains("application/json") || ct.contains("+json") {
         if let Ok(j) = serde_json::from_slice::<serde_json::Value>(&r.bytes) {
             return Value::from(j);
