@@ -24,17 +24,20 @@ pub struct RunState {
     pub user: Mutex<Map>,
     /// `session.*`.
     pub session: Mutex<Map>,
+    /// `socket.*` (websocket-local in the reference; sluice has no websockets,
+    /// so it lives with the run like the others).
+    pub socket: Mutex<Map>,
 }
 
 /// How many new runs between two sweeps of forgotten ones.
 const SWEEP_EVERY: usize = 1024;
 
 impl RunState {
-    /// Whether no automation wrote to `run`, `user` or `session`: such a
+    /// Whether no automation wrote to `run`, `user`, `session` or `socket`: such a
     /// state has nothing to share and can go as soon as nobody uses it.
     fn is_empty(&self) -> bool {
         let empty = |m: &Mutex<Map>| m.lock().map(|m| m.is_empty()).unwrap_or(false);
-        empty(&self.run) && empty(&self.user) && empty(&self.session)
+        empty(&self.run) && empty(&self.user) && empty(&self.session) && empty(&self.socket)
     }
 }
 
@@ -75,6 +78,7 @@ impl RunRegistry {
             run: Mutex::default(),
             user: Mutex::default(),
             session: Mutex::default(),
+            socket: Mutex::default(),
         });
         runs.by_id
             .insert(correlation_id.to_string(), (state.clone(), now));

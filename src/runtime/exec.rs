@@ -126,6 +126,7 @@ impl Scope for Exec<'_> {
             }
             "user" => read_map(&lock(&self.run.user), rest),
             "session" => read_map(&lock(&self.run.session), rest),
+            "socket" => read_map(&lock(&self.run.socket), rest),
             "global" => match rest.first().map(key_str).as_deref() {
                 Some("workspaceId") => get_path(&Value::str(self.ws.id.as_str()), &rest[1..]),
                 Some("workspaceName") => get_path(&Value::str(self.ws.name.as_str()), &rest[1..]),
@@ -378,6 +379,7 @@ impl<'a> Exec<'a> {
             "run" => Some(&self.run.run),
             "user" => Some(&self.run.user),
             "session" => Some(&self.run.session),
+            "socket" => Some(&self.run.socket),
             "global" => Some(&*self.ws.global),
             "config" | "secret" => {
                 return Err(invalid_set(format!("`{}` is read-only", key_str(first))))

@@ -108,16 +108,16 @@ async fn calls_share_contexts_but_not_locals() {
     let f = fixture(&[
         (
             "main",
-            "do:\n  - set: {name: mine, value: 1}\n  - child: {arg: 2, output: c}\noutput: {c: '{{c}}', run: '{{run.fromChild}}', user: '{{user.fromChild}}'}\n",
+            "do:\n  - set: {name: mine, value: 1}\n  - child: {arg: 2, output: c}\noutput: {c: '{{c}}', run: '{{run.fromChild}}', user: '{{user.fromChild}}', socket: '{{socket.fromChild}}'}\n",
         ),
         (
             "child",
-            "do:\n  - set: {name: run.fromChild, value: '{{arg}}'}\n  - set: {name: user.fromChild, value: true}\noutput: {mine: '{{mine}}', arg: '{{arg}}', out: '{{output}}', trigger: '{{run.trigger}}'}\n",
+            "do:\n  - set: {name: run.fromChild, value: '{{arg}}'}\n  - set: {name: user.fromChild, value: true}\n  - set: {name: socket.fromChild, value: 3}\noutput: {mine: '{{mine}}', arg: '{{arg}}', out: '{{output}}', trigger: '{{run.trigger}}'}\n",
         ),
     ]);
     assert_eq!(
         f.run("main", json!({})).await.unwrap(),
-        json!({"c": {"arg": 2, "out": "c", "trigger": {"type": "automation", "value": "main"}}, "run": 2, "user": true})
+        json!({"c": {"arg": 2, "out": "c", "trigger": {"type": "automation", "value": "main"}}, "run": 2, "user": true, "socket": 3})
     );
 }
 
