@@ -402,7 +402,9 @@ impl Inner {
     async fn execute_inner(&self, mut x: Execution) -> Result<Outcome, ExecError> {
         let started = Instant::now();
         let simulated = self.limits.simulated();
-        let started_at = now_iso();
+        // Executed events cost a timestamp and a copy of the payload: build them
+        // only when someone can see them.
+        let started_at = self.bus.has_watchers().then(now_iso);
         if x.automation.validate_arguments {
             args::validate(x.automation.arguments.as_ref(), &x.locals)?;
         }
@@ -416,8 +418,7 @@ impl Inner {
         let throttled = AtomicU64::new(0);
         let waited = limits.acquire(LimitKind::Automations, 1).await;
         self.throttled(&x.ws.id, LimitKind::Automations, waited, &throttled);
-        // Executed events cost a copy of the payload: build them only when someone can see them.
-        let trigger_payload = self.bus.has_watchers().then(|| {
+        let trigger_payload = started_at.as_ref().map(|_| {
             let secret_args = redact::secret_arguments(x.automation.arguments.as_ref());
             redact::redact_payload(&x.locals, &secret_args, &x.ws.secret_texts)
         });
@@ -444,7 +445,7 @@ impl Inner {
             // Waits on a test's simulated clock count as if they had been real.
             duration: started.elapsed() + (self.limits.simulated() - simulated),
         };
-        if let Some(payload) = trigger_payload {
+        if let (Some(payload), Some(started_at)) = (trigger_payload, started_at) {
             self.executed(&x, &outcome, payload, started_at);
         }
         Ok(outcome)
