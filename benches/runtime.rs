@@ -5,7 +5,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use sluice::bus::EmbeddedBus;
 use sluice::config::Settings;
-use sluice::runtime::{Runtime, Start, Trigger};
+use sluice::runtime::{Runtime, Start};
 use std::sync::Arc;
 
 /// A runtime over one workspace; with `limits`, every limiter is on but so
@@ -31,13 +31,8 @@ fn runtime(files: &[(&str, &str)], limits: bool) -> (Runtime, tempfile::TempDir)
 
 fn start(slug: &str) -> Start {
     Start {
-        workspace: "bench".into(),
-        slug: slug.into(),
-        payload: Default::default(),
-        trigger: Trigger::new("endpoint", slug),
         correlation_id: Some("bench".into()),
-        depth: 0,
-        http: None,
+        ..Start::endpoint("bench", slug)
     }
 }
 

@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value as J};
 use sluice::bus::EmbeddedBus;
 use sluice::config::Settings;
-use sluice::runtime::{Runtime, Start, Trigger};
+use sluice::runtime::{Runtime, Start};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,13 +88,8 @@ async fn run(
     rt.record_emits();
     let result = rt
         .run(Start {
-            workspace: "fetchws".into(),
-            slug: "main".into(),
-            payload: Default::default(),
-            trigger: Trigger::new("endpoint", "main"),
             correlation_id: Some("corr-1".into()),
-            depth: 0,
-            http: None,
+            ..Start::endpoint("fetchws", "main")
         })
         .await;
     rt.bus().settled().await;

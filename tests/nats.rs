@@ -10,7 +10,7 @@ use serde_json::json;
 use sluice::bus::{Bus, Event, NatsBus};
 use sluice::config::{RateSetting, Settings};
 use sluice::metrics::Metrics;
-use sluice::runtime::{Runtime, Start, Trigger};
+use sluice::runtime::{Runtime, Start};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -75,15 +75,7 @@ impl Instance {
 
     async fn run(&self, slug: &str) -> serde_json::Value {
         self.rt
-            .run(Start {
-                workspace: "ws".into(),
-                slug: slug.into(),
-                payload: Default::default(),
-                trigger: Trigger::new("endpoint", slug),
-                correlation_id: None,
-                depth: 0,
-                http: None,
-            })
+            .run(Start::endpoint("ws", slug))
             .await
             .unwrap()
             .output

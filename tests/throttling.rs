@@ -5,7 +5,7 @@ use serde_json::json;
 use sluice::bus::EmbeddedBus;
 use sluice::config::Settings;
 use sluice::limits::{FakeClock, Limiters};
-use sluice::runtime::{Outcome, Runtime, Start, Trigger};
+use sluice::runtime::{Outcome, Runtime, Start};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,19 +60,7 @@ impl Fixture {
     }
 
     async fn run(&self, ws: &str, slug: &str) -> Outcome {
-        let o = self
-            .rt
-            .run(Start {
-                workspace: ws.into(),
-                slug: slug.into(),
-                payload: Default::default(),
-                trigger: Trigger::new("endpoint", slug),
-                correlation_id: None,
-                depth: 0,
-                http: None,
-            })
-            .await
-            .unwrap();
+        let o = self.rt.run(Start::endpoint(ws, slug)).await.unwrap();
         self.rt.bus().settled().await;
         o
     }

@@ -98,6 +98,21 @@ pub struct Start {
     pub http: Option<(String, String)>,
 }
 
+impl Start {
+    /// A webhook-style start of `slug` with an empty payload and a new correlation id.
+    pub fn endpoint(workspace: &str, slug: &str) -> Start {
+        Start {
+            workspace: workspace.to_string(),
+            slug: slug.to_string(),
+            payload: Map::new(),
+            trigger: Trigger::new("endpoint", slug),
+            correlation_id: None,
+            depth: 0,
+            http: None,
+        }
+    }
+}
+
 /// The engine of one instance, cheap to clone.
 #[derive(Clone)]
 pub struct Runtime {

@@ -26,16 +26,11 @@ fn fixture(files: &[(&str, &str)]) -> Fixture {
 
 fn start(slug: &str, payload: J) -> Start {
     Start {
-        workspace: "ws".into(),
-        slug: slug.into(),
         payload: match Value::from(payload) {
             Value::Object(m) => (*m).clone(),
             _ => Map::new(),
         },
-        trigger: Trigger::new("endpoint", slug),
-        correlation_id: None,
-        depth: 0,
-        http: None,
+        ..Start::endpoint("ws", slug)
     }
 }
 
