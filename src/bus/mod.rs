@@ -38,7 +38,8 @@ pub struct Event {
 }
 
 impl Event {
-    /// The event as automations see it (`{id, type, source, payload, createdAt, size}`).
+    /// The event as automations see it (`{id, type, source, payload, createdAt}`);
+    /// `emit` adds `size`, which costs a serialization nobody else needs.
     pub fn to_value(&self) -> Value {
         let mut m = Map::with_capacity(6);
         m.insert("id".into(), Value::str(self.id.as_str()));
@@ -46,8 +47,6 @@ impl Event {
         m.insert("source".into(), Value::object(self.source.clone()));
         m.insert("payload".into(), self.payload.clone());
         m.insert("createdAt".into(), Value::str(self.created_at.as_str()));
-        let size = Value::object(m.clone()).to_json_string().len();
-        m.insert("size".into(), Value::Number(size as f64));
         Value::object(m)
     }
 

@@ -94,29 +94,27 @@ fn headers_value(headers: &HeaderMap) -> Value {
             continue;
         }
         let v = Value::str(String::from_utf8_lossy(value.as_bytes()).into_owned());
-        match m.get_mut(name.as_str()) {
-            Some(Value::List(l)) => std::sync::Arc::make_mut(l).push(v),
-            Some(existing) => *existing = Value::list(vec![existing.clone(), v]),
-            None => {
-                m.insert(name.as_str().to_string(), v);
-            }
-        }
+        insert_repeated(&mut m, name.as_str(), v);
     }
     Value::object(m)
+}
+
+/// Inserts `v` at `key`; a key seen again turns into a list of its values.
+fn insert_repeated(m: &mut Map, key: &str, v: Value) {
+    match m.get_mut(key) {
+        Some(Value::List(l)) => Arc::make_mut(l).push(v),
+        Some(existing) => *existing = Value::list(vec![existing.clone(), v]),
+        None => {
+            m.insert(key.to_string(), v);
+        }
+    }
 }
 
 /// The query string as an object; a repeated key becomes a list.
 fn query_value(raw: Option<&str>) -> Value {
     let mut m = Map::new();
     for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
-        let v = Value::str(v.into_owned());
-        match m.get_mut(k.as_ref()) {
-            Some(Value::List(l)) => std::sync::Arc::make_mut(l).push(v),
-            Some(existing) => *existing = Value::list(vec![existing.clone(), v]),
-            None => {
-                m.insert(k.into_owned(), v);
-            }
-        }
+        insert_repeated(&mut m, &k, Value::str(v.into_owned()));
     }
     Value::object(m)
 }
@@ -263,10 +261,7 @@ fn events_of(
         loop {
             match feed.recv().await {
                 Ok(e) if e.workspace == ws => {
-                    let mut json = e.to_value().to_json();
-                    if let Some(o) = json.as_object_mut() {
-                        o.remove("size");
-                    }
+                    let json = e.to_value().to_json();
                     let message = SseEvent::default()
                         .id(e.id.clone())
                         .event(e.kind.clone())

@@ -551,12 +551,11 @@ impl<'a> Exec<'a> {
         };
         self.take(LimitKind::Emits, 1).await;
         let event = self.make_event(&kind, payload);
-        let value = event.to_value();
-        let size = value
-            .as_object()
-            .and_then(|m| m.get("size"))
-            .and_then(Value::as_f64)
-            .unwrap_or(0.0) as usize;
+        let mut value = event.to_value();
+        let size = value.to_json_string().len();
+        if let Value::Object(m) = &mut value {
+            Arc::make_mut(m).insert("size".into(), Value::Number(size as f64));
+        }
         if size > self.rt.settings.runtime.max_event_bytes {
             return Err(ExecError::new(
                 ErrorKind::InvalidEvent,
@@ -632,7 +631,12 @@ impl<'a> Exec<'a> {
                 Ok(Err(_)) => return Ok(Value::Undefined),
                 Ok(Ok(e)) => e,
             };
-            if event.workspace != self.ws.id {
+            // Most events are of other types: skip them before building their value.
+            if event.workspace != self.ws.id
+                || !one_of
+                    .iter()
+                    .any(|c| c.get("event").and_then(Value::as_str) == Some(&event.kind))
+            {
                 continue;
             }
             let value = event.to_value();
