@@ -9,23 +9,43 @@ use crate::config::Settings;
 use crate::runtime::{Runtime, Start, Trigger};
 use crate::value::{number_to_json, Map, Value};
 use crate::workspace;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Arguments of `sluice run`.
+#[derive(clap::Args)]
 pub struct RunArgs {
     /// The automation's slug.
     pub slug: String,
     /// The workspace folder.
+    #[arg(long)]
     pub workspace: PathBuf,
-    /// The trigger payload (JSON object text).
+    /// The trigger payload, a JSON object whose keys become variables.
+    #[arg(long, default_value = "{}")]
     pub payload: String,
-    /// The secrets file.
+    /// The workspace's secrets file (default: <SLUICE_SECRETS>/<workspace>.yml).
+    #[arg(long)]
     pub secrets: Option<PathBuf>,
-    /// Print the JSON report.
+    /// Print a JSON report: output, emitted events, throttled, duration, error.
+    #[arg(long)]
     pub report: bool,
-    /// A settings file.
+    /// A settings file (YAML); environment variables win over it.
+    #[arg(long)]
     pub config: Option<PathBuf>,
+}
+
+/// Arguments of `sluice serve`.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// The workspaces root (default ./automations, or SLUICE_WORKSPACES).
+    #[arg(long)]
+    pub workspaces: Option<PathBuf>,
+    /// A settings file (YAML); environment variables win over it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The HTTP address (default 127.0.0.1:3003, or SLUICE_LISTEN).
+    #[arg(long)]
+    pub listen: Option<String>,
 }
 
 fn init_logs(default: &str, json: bool) {
@@ -56,8 +76,8 @@ fn async_runtime() -> Option<tokio::runtime::Runtime> {
 }
 
 /// `sluice serve`: the server until SIGINT/SIGTERM.
-pub fn serve(workspaces: Option<PathBuf>, config: Option<PathBuf>, listen: Option<String>) -> u8 {
-    let mut settings = match Settings::load(config.as_deref()) {
+pub fn serve(args: ServeArgs) -> u8 {
+    let mut settings = match Settings::load(args.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("sluice: {e}");
@@ -65,10 +85,10 @@ pub fn serve(workspaces: Option<PathBuf>, config: Option<PathBuf>, listen: Optio
         }
     };
     init_logs("info", settings.log_format == "json");
-    if let Some(w) = workspaces {
+    if let Some(w) = args.workspaces {
         settings.workspaces = w;
     }
-    if let Some(l) = listen {
+    if let Some(l) = args.listen {
         settings.listen = l;
     }
     let Some(tokio) = async_runtime() else {
@@ -108,7 +128,7 @@ pub fn run(args: RunArgs) -> u8 {
         }
     };
     let secrets = args.secrets.clone().or_else(|| {
-        let id = workspace_id(&args.workspace);
+        let id = workspace::id_of(&args.workspace);
         let f = settings.secrets.join(format!("{id}.yml"));
         f.exists().then_some(f)
     });
@@ -219,14 +239,6 @@ fn known_slugs(ws: &workspace::Workspace) -> String {
     } else {
         slugs.join(", ")
     }
-}
-
-fn workspace_id(dir: &Path) -> String {
-    dir.canonicalize()
-        .unwrap_or_else(|_| dir.to_path_buf())
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }
 
 /// `sluice validate`: reports every problem as `path:line:column: message`.

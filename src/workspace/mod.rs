@@ -64,6 +64,16 @@ fn diag(file: &Path, message: String) -> Diagnostic {
     }
 }
 
+/// The id of the workspace in `dir`: its folder name (also for `.` or a path
+/// ending in `/`).
+pub fn id_of(dir: &Path) -> String {
+    dir.canonicalize()
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 /// Reads a secrets file: a YAML mapping of names to values. A missing file is
 /// no secrets.
 pub fn read_secrets(file: &Path) -> Result<Map, Diagnostic> {
@@ -88,12 +98,7 @@ pub fn read_secrets(file: &Path) -> Result<Map, Diagnostic> {
 /// files, duplicate slugs) are returned as errors; compile problems are kept in
 /// `Workspace::diagnostics`.
 pub fn load(dir: &Path, secrets_file: Option<&Path>) -> Result<Workspace, Vec<Diagnostic>> {
-    let id = dir
-        .canonicalize()
-        .unwrap_or_else(|_| dir.to_path_buf())
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let id = id_of(dir);
     let mut errors = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
