@@ -11,7 +11,6 @@ use crate::http::{router, AppState};
 use crate::runtime::{Runtime, Start, Trigger};
 use crate::workspace::{Change, Watcher};
 use chrono::{DateTime, Utc};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,10 +121,7 @@ fn due(
     let mut ticks = Vec::new();
     for ws in runtime.workspaces() {
         for a in ws.automations.values().filter(|a| !a.disabled) {
-            for expr in &a.when.schedules {
-                let Ok(cron) = croner::Cron::from_str(expr) else {
-                    continue;
-                };
+            for (expr, cron) in &a.when.schedules {
                 let mut t = after;
                 while let Ok(next) = cron.find_next_occurrence(&t, false) {
                     if next > until {

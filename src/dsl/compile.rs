@@ -196,11 +196,9 @@ impl Compiler<'_> {
             _ => {}
         }
         when.events = self.string_list(m.get("events"), "when.events");
-        when.schedules = self.string_list(m.get("schedules"), "when.schedules");
-        let schedules = std::mem::take(&mut when.schedules);
-        for expr in schedules {
+        for expr in self.string_list(m.get("schedules"), "when.schedules") {
             match <croner::Cron as std::str::FromStr>::from_str(&expr) {
-                Ok(_) => when.schedules.push(expr),
+                Ok(cron) => when.schedules.push((expr, cron)),
                 Err(e) => {
                     let pos = self.locator.find(&expr);
                     self.report(
@@ -501,7 +499,14 @@ mod tests {
     #[test]
     fn bad_cron_is_a_diagnostic() {
         let c = compile("when:\n  schedules: ['*/5 * * * *', 'every day']\ndo: []\n");
-        assert_eq!(c.automation.when.schedules, vec!["*/5 * * * *".to_string()]);
+        let exprs: Vec<&str> = c
+            .automation
+            .when
+            .schedules
+            .iter()
+            .map(|(e, _)| e.as_str())
+            .collect();
+        assert_eq!(exprs, vec!["*/5 * * * *"]);
         assert_eq!(c.diagnostics.len(), 1);
         assert!(c.diagnostics[0].message.contains("every day"));
     }

@@ -156,8 +156,8 @@ pub struct When {
     pub endpoint: Option<String>,
     /// Event types that trigger the automation.
     pub events: Vec<String>,
-    /// Cron expressions (UTC).
-    pub schedules: Vec<String>,
+    /// Cron expressions (UTC), parsed once here for the scheduler.
+    pub schedules: Vec<(String, croner::Cron)>,
 }
 
 /// A compiled automation.
