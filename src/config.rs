@@ -8,7 +8,7 @@
 //! `config/default.yaml` documents every setting; a test keeps it equal to [`Settings::default`].
 
 use crate::limits::values;
-use crate::limits::LimitKind;
+use crate::limits::{Budgets, LimitKind};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -38,6 +38,9 @@ pub struct Settings {
     pub http: HttpSettings,
     /// Per-workspace rate limits (SPEC section 4).
     pub limits: LimitSettings,
+    /// What one execution may hold and do.
+    #[serde(default)]
+    pub budgets: Budgets,
     /// The NATS event bus, used when `nats_url` is set.
     #[serde(default)]
     pub nats: NatsSettings,
@@ -196,6 +199,7 @@ impl Default for Settings {
                 max_body: 1024 * 1024,
             },
             limits: LimitSettings::default(),
+            budgets: Budgets::default(),
             nats: NatsSettings::default(),
         }
     }
@@ -436,6 +440,7 @@ impl fmt::Debug for Settings {
             .field("fetch", &self.fetch)
             .field("http", &self.http)
             .field("limits", &self.limits)
+            .field("budgets", &self.budgets)
             .field("nats", &self.nats)
             .finish()
     }
@@ -454,7 +459,7 @@ pub fn redact_userinfo(url: &str) -> String {
 /// Checked deserialisation of the file's values, so that each bad value is refused with the
 /// same wording as the environment variables (the `config` crate alone would round `2.5` to a
 /// whole `3` and accept negative rates).
-mod de {
+pub(crate) mod de {
     use super::LOG_FORMAT_EXPECTED;
     use crate::limits::values;
     use serde::de::{Error, Visitor};
@@ -536,7 +541,7 @@ mod de {
         }
     }
 
-    pub(super) fn whole<'de, D, T>(d: D) -> Result<T, D::Error>
+    pub(crate) fn whole<'de, D, T>(d: D) -> Result<T, D::Error>
     where
         D: Deserializer<'de>,
         T: TryFrom<u64>,
@@ -544,7 +549,7 @@ mod de {
         whole_from(d, 0.0, "expected a non-negative whole number")
     }
 
-    pub(super) fn positive<'de, D, T>(d: D) -> Result<T, D::Error>
+    pub(crate) fn positive<'de, D, T>(d: D) -> Result<T, D::Error>
     where
         D: Deserializer<'de>,
         T: TryFrom<u64>,

@@ -14,6 +14,7 @@ mod parser;
 mod path;
 mod template;
 
+use crate::limits::{BudgetExceeded, Budgets};
 use crate::value::Value;
 use std::sync::Arc;
 
@@ -39,6 +40,12 @@ pub enum Key {
 pub trait Scope {
     /// The value at `path`, or `Value::Undefined` when any step is missing.
     fn lookup(&self, path: &[Key]) -> Value;
+
+    /// What an evaluation may produce (string sizes, regex sizes); the runtime gives the
+    /// workspace's budgets, anything else the defaults.
+    fn budgets(&self) -> Budgets {
+        Budgets::default()
+    }
 }
 
 /// A value is a scope of its own: variables are its keys (handy for config
@@ -76,6 +83,9 @@ pub enum ExprError {
     /// Re-scanning interpolated text did not settle (a value contains its own template).
     #[error("template `{0}` keeps expanding (a value contains its own template)")]
     Runaway(String),
+    /// Evaluating would go over one of the execution's budgets.
+    #[error(transparent)]
+    Budget(#[from] BudgetExceeded),
 }
 
 /// Walks `path` from `root`: objects by key (an index looks up the key of the

@@ -11,10 +11,12 @@
 //! injectable time source that makes the tests exact.
 
 mod bucket;
+pub mod budgets;
 pub mod clock;
 mod secrets;
 pub mod values;
 
+pub use budgets::{BudgetError, BudgetExceeded, Budgets};
 pub use clock::{FakeClock, TimeSource};
 pub use secrets::LimitError;
 

@@ -103,7 +103,7 @@ pub fn quota(rate: f64, burst: u32) -> Result<Option<Quota>, ValueError> {
 }
 
 /// A decimal number; surrounding blanks are allowed, `inf` and `NaN` are not.
-fn parse_number(text: &str) -> Option<f64> {
+pub fn parse_number(text: &str) -> Option<f64> {
     text.trim().parse::<f64>().ok().filter(|n| n.is_finite())
 }
 

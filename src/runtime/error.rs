@@ -1,6 +1,7 @@
 //! Execution errors: the reference's error names plus a message a user can act on.
 
 use crate::expr::ExprError;
+use crate::limits::BudgetExceeded;
 use std::fmt;
 
 /// The kind of failure, named as in the reference runtime.
@@ -20,6 +21,8 @@ pub enum ErrorKind {
     InvalidEvent,
     /// A fetch that could not reach its server (`FetchError`).
     Fetch,
+    /// The execution went over one of its budgets (`budgets:` settings).
+    BudgetExceeded,
     /// Something outside the automation's control failed.
     Internal,
 }
@@ -35,6 +38,7 @@ impl ErrorKind {
             ErrorKind::InvalidArguments => "InvalidArgumentsError",
             ErrorKind::InvalidEvent => "InvalidEventError",
             ErrorKind::Fetch => "FetchError",
+            ErrorKind::BudgetExceeded => "BudgetExceeded",
             ErrorKind::Internal => "InternalError",
         }
     }
@@ -83,6 +87,15 @@ impl std::error::Error for ExecError {}
 
 impl From<ExprError> for ExecError {
     fn from(e: ExprError) -> ExecError {
-        ExecError::new(ErrorKind::InvalidExpression, e.to_string())
+        match e {
+            ExprError::Budget(b) => b.into(),
+            e => ExecError::new(ErrorKind::InvalidExpression, e.to_string()),
+        }
+    }
+}
+
+impl From<BudgetExceeded> for ExecError {
+    fn from(e: BudgetExceeded) -> ExecError {
+        ExecError::new(ErrorKind::BudgetExceeded, e.to_string())
     }
 }

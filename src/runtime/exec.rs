@@ -3,7 +3,7 @@
 use super::{now_iso, valid_event_name, ErrorKind, ExecError, Execution, Inner, RunState, Trigger};
 use crate::dsl::{Automation, Instruction, Kind, Node, VarName};
 use crate::expr::{get_path, loose_eq, parse_variable_name, Key, Scope};
-use crate::limits::{LimitKind, WorkspaceLimits};
+use crate::limits::{Budgets, LimitKind, WorkspaceLimits};
 use crate::value::{Map, Value};
 use crate::workspace::Workspace;
 use futures::future::BoxFuture;
@@ -136,6 +136,10 @@ impl Scope for Exec<'_> {
             "secret" => read_map(&self.ws.secrets, rest),
             _ => read_map(&lock(&self.locals), path),
         }
+    }
+
+    fn budgets(&self) -> Budgets {
+        self.ws.budgets
     }
 }
 

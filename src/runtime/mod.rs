@@ -188,8 +188,8 @@ impl Runtime {
 
     /// Installs or replaces a workspace, applying its limit overrides. On bad
     /// overrides the previous limits stay and the errors are returned for logging.
-    pub fn install(&self, ws: Workspace) -> Vec<String> {
-        let problems = match self.inner.limits.apply_secrets(&ws.id, &ws.secrets) {
+    pub fn install(&self, mut ws: Workspace) -> Vec<String> {
+        let mut problems = match self.inner.limits.apply_secrets(&ws.id, &ws.secrets) {
             Ok(()) => Vec::new(),
             Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
         };
@@ -198,7 +198,20 @@ impl Runtime {
             .workspaces
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        let ws = match map.get(&ws.id) {
+        let old = map.get(&ws.id);
+        ws.budgets = match self
+            .inner
+            .settings
+            .budgets
+            .with_secrets(&ws.id, &ws.secrets)
+        {
+            Ok(budgets) => budgets,
+            Err(errors) => {
+                problems.extend(errors.iter().map(|e| e.to_string()));
+                old.map_or(self.inner.settings.budgets, |old| old.budgets)
+            }
+        };
+        let ws = match old {
             // The `global` context outlives reloads of the workspace's files.
             Some(old) => Workspace {
                 global: old.global.clone(),

@@ -10,6 +10,7 @@ mod watch;
 pub use watch::{Change, Watcher};
 
 use crate::dsl::{parse_automation, parse_yaml, Automation, Diagnostic};
+use crate::limits::Budgets;
 use crate::value::{Map, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,9 @@ pub struct Workspace {
     pub global: Arc<Mutex<Map>>,
     /// Non-fatal problems found while compiling (reported by `validate`).
     pub diagnostics: Vec<Diagnostic>,
+    /// What one execution may use: the settings' budgets with the workspace's
+    /// `sluice_max_*` secrets applied when the runtime installs it.
+    pub budgets: Budgets,
 }
 
 impl Workspace {
@@ -202,6 +206,7 @@ pub fn load(dir: &Path, secrets_file: Option<&Path>) -> Result<Workspace, Vec<Di
         endpoints,
         global: Arc::default(),
         diagnostics,
+        budgets: Budgets::default(),
     })
 }
 
