@@ -1,12 +1,14 @@
 //! One execution: its variables (the expression [`Scope`]) and its instructions.
 
+use super::budget::{self, Meter};
 use super::{now_iso, valid_event_name, ErrorKind, ExecError, Execution, Inner, RunState, Trigger};
 use crate::dsl::{Automation, Instruction, Kind, Node, VarName};
 use crate::expr::{get_path, loose_eq, parse_variable_name, Key, Scope};
-use crate::limits::{Budgets, LimitKind, WorkspaceLimits};
+use crate::limits::{BudgetExceeded, Budgets, LimitKind, WorkspaceLimits};
 use crate::value::{Map, Value};
 use crate::workspace::Workspace;
 use futures::future::BoxFuture;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -36,6 +38,12 @@ pub struct Exec<'a> {
     pub trigger: &'a Trigger,
     /// Nanoseconds spent waiting on limiters.
     pub throttled: AtomicU64,
+    /// Instructions run, shared with the automations this one calls.
+    pub meter: Meter,
+    /// Known sizes (bytes of JSON) of the variables this execution wrote into,
+    /// by root name (`x`, `global.x`), so a write into a big variable need not
+    /// measure all of it again.
+    pub sizes: Mutex<HashMap<String, usize>>,
 }
 
 /// An instruction's values after interpolation (DSUL §2.4): computed before it
@@ -171,6 +179,16 @@ impl<'a> Exec<'a> {
             .throttled(&self.ws.id, kind, waited, &self.throttled);
     }
 
+    /// Counts one instruction (or loop iteration) against the budget, and now and
+    /// then lets the scheduler run other tasks: nothing else would preempt a loop
+    /// whose limiters never make it wait.
+    async fn tick(&self) -> Result<(), ExecError> {
+        if self.meter.tick(&self.ws.budgets)? {
+            tokio::task::yield_now().await;
+        }
+        Ok(())
+    }
+
     fn add_throttled(&self, d: Duration) {
         self.throttled
             .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
@@ -188,6 +206,7 @@ impl<'a> Exec<'a> {
     pub fn block(&'a self, body: &'a [Instruction]) -> BoxFuture<'a, Result<Flow, ExecError>> {
         Box::pin(async move {
             for i in body {
+                self.tick().await.map_err(|e| e.at(|| self.location(i)))?;
                 let flow = self
                     .instruction(i)
                     .await
@@ -347,7 +366,64 @@ impl<'a> Exec<'a> {
     }
 
     fn write_keys(&self, keys: &[Key], value: Value, mode: Mode) -> Result<(), ExecError> {
-        self.with_root(keys, |map, keys| set_in_map(map, keys, value, mode))
+        self.with_root(keys, |context, map, keys| {
+            self.check_write(context, map, keys, &value, mode)?;
+            set_in_map(map, keys, value, mode, &self.ws.budgets)
+        })
+    }
+
+    /// Refuses, before anything is written, a write that would take the variable
+    /// at `keys[0]` of `map` over its budgets (size, depth, string length, entries).
+    fn check_write(
+        &self,
+        context: Option<&str>,
+        map: &Map,
+        keys: &[Key],
+        value: &Value,
+        mode: Mode,
+    ) -> Result<(), ExecError> {
+        let budgets = &self.ws.budgets;
+        let Some((first, rest)) = keys.split_first() else {
+            return Ok(());
+        };
+        // Where the value lands: a pushed value sits one level below its list.
+        let depth = rest.len() + usize::from(mode == Mode::Push);
+        let added = budget::measure(value, budgets, depth)?;
+        let root = key_str(first);
+        let name = match context {
+            Some(c) => std::borrow::Cow::Owned(format!("{c}.{root}")),
+            None => root.clone(),
+        };
+        let mut sizes = lock(&self.sizes);
+        if rest.is_empty() && mode == Mode::Replace {
+            budget::check_size(added, budgets)?;
+            if let Some(known) = sizes.get_mut(name.as_ref()) {
+                *known = added;
+            }
+            return Ok(());
+        }
+        let current = map.get(root.as_ref());
+        let old = match sizes.get(name.as_ref()) {
+            Some(known) => *known,
+            None => current.map_or(0, budget::size_of),
+        };
+        let (freed, extra) = match mode {
+            Mode::Replace => (
+                current.map_or(0, |v| budget::size_of(&get_path(v, rest))),
+                0,
+            ),
+            Mode::Push => (0, 1),
+            Mode::Merge => (0, 0),
+        };
+        let new = old.saturating_sub(freed).saturating_add(added + extra);
+        budget::check_size(new, budgets)?;
+        match sizes.get_mut(name.as_ref()) {
+            Some(known) => *known = new,
+            None => {
+                sizes.insert(name.into_owned(), new);
+            }
+        }
+        Ok(())
     }
 
     fn delete(&self, name: &Value) -> Result<(), ExecError> {
@@ -363,7 +439,7 @@ impl<'a> Exec<'a> {
                 format!("Invalid delete instruction: {e}"),
             )
         })?;
-        self.with_root(&keys, |map, keys| {
+        self.with_root(&keys, |_, map, keys| {
             delete_in_map(map, keys);
             Ok(())
         })
@@ -371,10 +447,11 @@ impl<'a> Exec<'a> {
 
     /// Runs `f` on the map that holds the path: a context (path without its
     /// first key) or the locals (whole path).
+    /// `f` also gets the context's name (`None` for the locals).
     fn with_root(
         &self,
         keys: &[Key],
-        f: impl FnOnce(&mut Map, &[Key]) -> Result<(), ExecError>,
+        f: impl FnOnce(Option<&str>, &mut Map, &[Key]) -> Result<(), ExecError>,
     ) -> Result<(), ExecError> {
         let Some((first, rest)) = keys.split_first() else {
             return Err(invalid_set("empty variable name"));
@@ -395,8 +472,8 @@ impl<'a> Exec<'a> {
                 "cannot replace the whole `{}` context; set one of its keys",
                 key_str(first)
             ))),
-            Some(ctx) => f(&mut lock(ctx), rest),
-            None => f(&mut lock(&self.locals), keys),
+            Some(ctx) => f(Some(&key_str(first)), &mut lock(ctx), rest),
+            None => f(None, &mut lock(&self.locals), keys),
         }
     }
 
@@ -406,36 +483,24 @@ impl<'a> Exec<'a> {
         until: Value,
         body: &'a [Instruction],
     ) -> Result<Flow, ExecError> {
-        let until = match &until {
-            Value::Number(n) if *n >= 1.0 => Some(n.floor() as usize),
-            Value::String(s) => s
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|n| *n >= 1.0)
-                .map(|n| n as usize),
+        // A falsy `on` counts as absent (DSUL §7.4), and so does an `until` of 0.
+        let until = match until {
+            Value::Number(n) => count("until", n)?,
+            Value::String(s) => match s.trim().parse::<f64>() {
+                Ok(n) => count("until", n)?,
+                Err(_) => None,
+            },
             _ => None,
         };
-        // A falsy `on` counts as absent (DSUL §7.4); a number runs that many times (§10.1).
-        let items: Option<Vec<Value>> = match on {
+        // Items are read one at a time from the value itself: nothing is built up
+        // front, so a huge `on` costs what its iterations cost and no more.
+        let items = match on {
             v if !v.truthy() => None,
-            Value::List(l) => Some(Arc::unwrap_or_clone(l)),
-            Value::Object(m) => Some(
-                m.iter()
-                    .map(|(k, v)| {
-                        let mut e = Map::with_capacity(2);
-                        e.insert("key".into(), Value::str(k.as_str()));
-                        e.insert("value".into(), v.clone());
-                        Value::object(e)
-                    })
-                    .collect(),
-            ),
-            Value::String(s) => Some(s.chars().map(|c| Value::str(c.to_string())).collect()),
-            Value::Number(n) => Some(
-                (0..(n.max(0.0).min(u32::MAX as f64) as usize))
-                    .map(|i| Value::Number(i as f64))
-                    .collect(),
-            ),
+            Value::List(l) => Some(Items::List(l)),
+            Value::Object(m) => Some(Items::Object(m)),
+            Value::String(s) => Some(Items::Chars(s, 0)),
+            // A number runs that many times (§10.1).
+            Value::Number(n) => Some(Items::Count(count("on", n)?.unwrap_or(0))),
             _ => None,
         };
         let count = match (&items, until) {
@@ -444,13 +509,13 @@ impl<'a> Exec<'a> {
             (None, Some(u)) => u,
             (None, None) => 0,
         };
+        let mut items = items.unwrap_or(Items::Count(count));
         let mut flow = Flow::Continue;
         for index in 0..count {
+            // An iteration counts as an instruction, so an empty body still ends.
+            self.tick().await?;
             self.take(LimitKind::Repeats, 1).await;
-            let item = match &items {
-                Some(items) => items[index].clone(),
-                None => Value::Number(index as f64),
-            };
+            let item = items.item(index);
             {
                 let mut locals = lock(&self.locals);
                 set_local(&mut locals, "item", item);
@@ -503,6 +568,7 @@ impl<'a> Exec<'a> {
                 depth: self.depth,
                 trigger: Trigger::new("automation", self.automation.slug.as_str()),
                 http: None,
+                meter: self.meter.clone(),
             })
             .await?;
         self.add_throttled(outcome.throttled);
@@ -602,15 +668,7 @@ impl<'a> Exec<'a> {
         let mut feed = self.rt.bus.watch();
         let empty = Map::new();
         let m = args.as_object().unwrap_or(&empty);
-        let timeout = match m.get("timeout") {
-            Some(Value::Number(n)) if *n >= 0.0 => *n,
-            Some(Value::String(s)) => s
-                .trim()
-                .parse()
-                .unwrap_or(self.rt.settings.runtime.wait_timeout_secs),
-            _ => self.rt.settings.runtime.wait_timeout_secs,
-        };
-        let timeout = Duration::from_secs_f64(timeout.min(86_400.0));
+        let timeout = self.wait_timeout(m.get("timeout"))?;
         let one_of: Vec<&Map> = match m.get("oneOf") {
             Some(Value::List(l)) => l.iter().filter_map(Value::as_object).collect(),
             _ => Vec::new(),
@@ -654,6 +712,47 @@ impl<'a> Exec<'a> {
     }
 }
 
+impl Exec<'_> {
+    /// The `timeout` of a `wait`: seconds as a number or numeric text, the default
+    /// when absent or not numeric (as the reference), refused when negative, NaN
+    /// or over the workspace's `max_wait_secs`.
+    fn wait_timeout(&self, given: Option<&Value>) -> Result<Duration, ExecError> {
+        let secs = match given {
+            Some(Value::Number(n)) => *n,
+            Some(Value::String(s)) => match s.trim().parse::<f64>() {
+                Ok(n) => n,
+                Err(_) => self.rt.settings.runtime.wait_timeout_secs,
+            },
+            _ => self.rt.settings.runtime.wait_timeout_secs,
+        };
+        if secs.is_nan() || secs < 0.0 {
+            return Err(ExecError::new(
+                ErrorKind::InvalidInstruction,
+                format!(
+                    "Invalid wait instruction: `timeout` must be a number of seconds of at least 0, got {}",
+                    crate::expr::js_number_to_string(secs)
+                ),
+            ));
+        }
+        let budgets = &self.ws.budgets;
+        if secs > budgets.max_wait_secs as f64 {
+            return Err(BudgetExceeded::new(
+                budgets,
+                "max_wait_secs",
+                format!(
+                    "a wait of {} seconds",
+                    crate::expr::js_number_to_string(secs)
+                ),
+                secs.min(u64::MAX as f64) as u64,
+            )
+            .into());
+        }
+        // Ten years is forever for a wait, and keeps deadline arithmetic far from overflow
+        // whatever an operator sets.
+        Ok(Duration::from_secs_f64(secs.min(315_360_000.0)))
+    }
+}
+
 /// Whether an event matches one `oneOf` entry: same type and every filter equal
 /// (loosely) to the value at its dotted path in the event.
 pub(super) fn matches_condition(c: &Map, kind: &str, event: &Value) -> bool {
@@ -673,6 +772,67 @@ pub(super) fn matches_condition(c: &Map, kind: &str, event: &Value) -> bool {
             _ => loose_eq(&actual, expected),
         }
     })
+}
+
+/// What `repeat` iterates, read lazily by index.
+enum Items {
+    List(Arc<Vec<Value>>),
+    Object(Arc<Map>),
+    /// A string and the byte offset of the next character.
+    Chars(Arc<str>, usize),
+    Count(u64),
+}
+
+impl Items {
+    fn len(&self) -> u64 {
+        match self {
+            Items::List(l) => l.len() as u64,
+            Items::Object(m) => m.len() as u64,
+            Items::Chars(s, _) => s.chars().count() as u64,
+            Items::Count(n) => *n,
+        }
+    }
+
+    /// The item of iteration `index`; strings must be read in order.
+    fn item(&mut self, index: u64) -> Value {
+        let at = usize::try_from(index).unwrap_or(usize::MAX);
+        match self {
+            Items::List(l) => l.get(at).cloned().unwrap_or_default(),
+            Items::Object(m) => match m.get_index(at) {
+                Some((k, v)) => {
+                    let mut e = Map::with_capacity(2);
+                    e.insert("key".into(), Value::str(k.as_str()));
+                    e.insert("value".into(), v.clone());
+                    Value::object(e)
+                }
+                None => Value::Undefined,
+            },
+            Items::Chars(s, offset) => match s[*offset..].chars().next() {
+                Some(c) => {
+                    *offset += c.len_utf8();
+                    Value::str(c.to_string())
+                }
+                None => Value::Undefined,
+            },
+            Items::Count(_) => Value::Number(index as f64),
+        }
+    }
+}
+
+/// A loop count from `on` or `until`: `None` for 0, an error for a negative,
+/// non-finite or inexact (over 2^53) count.
+fn count(field: &str, n: f64) -> Result<Option<u64>, ExecError> {
+    if !(0.0..9_007_199_254_740_992.0).contains(&n) {
+        return Err(ExecError::new(
+            ErrorKind::InvalidInstruction,
+            format!(
+                "Invalid repeat instruction: `{field}` must be a number of iterations from 0 to \
+                 9007199254740991, got {}",
+                crate::expr::js_number_to_string(n)
+            ),
+        ));
+    }
+    Ok(Some(n.floor() as u64).filter(|n| *n > 0))
 }
 
 /// Sets a local without allocating its name when it already exists.
@@ -696,7 +856,13 @@ fn set_mode(kind: &Value) -> Result<Mode, ExecError> {
     }
 }
 
-fn set_in_map(map: &mut Map, keys: &[Key], value: Value, mode: Mode) -> Result<(), ExecError> {
+fn set_in_map(
+    map: &mut Map,
+    keys: &[Key],
+    value: Value,
+    mode: Mode,
+    budgets: &Budgets,
+) -> Result<(), ExecError> {
     let Some((first, rest)) = keys.split_first() else {
         return Err(invalid_set("empty variable name"));
     };
@@ -704,30 +870,40 @@ fn set_in_map(map: &mut Map, keys: &[Key], value: Value, mode: Mode) -> Result<(
     // Look up before inserting: most sets overwrite a variable that exists, and
     // `entry` would allocate the key every time.
     if let Some(slot) = map.get_mut(name.as_ref()) {
-        return set_in_value(slot, rest, value, mode);
+        return set_in_value(slot, rest, value, mode, budgets);
     }
+    budget::check_entries(map.len() + 1, budgets)?;
     let slot = map.entry(name.into_owned()).or_default();
-    set_in_value(slot, rest, value, mode)
+    set_in_value(slot, rest, value, mode, budgets)
 }
 
-fn set_in_value(slot: &mut Value, keys: &[Key], value: Value, mode: Mode) -> Result<(), ExecError> {
+fn set_in_value(
+    slot: &mut Value,
+    keys: &[Key],
+    value: Value,
+    mode: Mode,
+    budgets: &Budgets,
+) -> Result<(), ExecError> {
     let Some((first, rest)) = keys.split_first() else {
-        apply(slot, value, mode);
-        return Ok(());
+        return apply(slot, value, mode, budgets);
     };
     if slot.is_nullish() {
         // Missing parents become objects, even for numeric keys (DSUL §7.1).
         *slot = Value::empty_object();
     }
     match slot {
-        Value::Object(m) => set_in_map(Arc::make_mut(m), keys, value, mode),
+        Value::Object(m) => set_in_map(Arc::make_mut(m), keys, value, mode, budgets),
         Value::List(l) => match first {
             Key::Index(i) => {
+                if l.len() <= *i {
+                    budget::check_index(*i, budgets)?;
+                    budget::check_entries(*i + 1, budgets)?;
+                }
                 let l = Arc::make_mut(l);
                 if l.len() <= *i {
                     l.resize(*i + 1, Value::Undefined);
                 }
-                set_in_value(&mut l[*i], rest, value, mode)
+                set_in_value(&mut l[*i], rest, value, mode, budgets)
             }
             Key::Name(n) => Err(invalid_set(format!("cannot set key `{n}` of a list"))),
         },
@@ -739,7 +915,8 @@ fn set_in_value(slot: &mut Value, keys: &[Key], value: Value, mode: Mode) -> Res
     }
 }
 
-fn apply(slot: &mut Value, value: Value, mode: Mode) {
+/// Writes `value` into `slot`; lists and objects may not grow past `max_entries`.
+fn apply(slot: &mut Value, value: Value, mode: Mode, budgets: &Budgets) -> Result<(), ExecError> {
     match mode {
         Mode::Replace => *slot = value,
         Mode::Push => {
@@ -747,11 +924,17 @@ fn apply(slot: &mut Value, value: Value, mode: Mode) {
                 *slot = Value::list(Vec::new());
             }
             if let Value::List(l) = slot {
+                budget::check_entries(l.len() + 1, budgets)?;
                 Arc::make_mut(l).push(value);
             }
         }
         Mode::Merge => match slot {
             Value::List(l) => {
+                let added = match &value {
+                    Value::List(items) => items.len(),
+                    _ => 1,
+                };
+                budget::check_entries(l.len() + added, budgets)?;
                 let l = Arc::make_mut(l);
                 match value {
                     Value::List(items) => l.extend(items.iter().cloned()),
@@ -762,6 +945,8 @@ fn apply(slot: &mut Value, value: Value, mode: Mode) {
                 // Strings, lists and null merge into an object as nothing (DSUL §7.1).
                 if let Value::Object(add) = value {
                     if let Value::Object(m) = slot {
+                        let new_keys = add.keys().filter(|k| !m.contains_key(*k)).count();
+                        budget::check_entries(m.len() + new_keys, budgets)?;
                         let m = Arc::make_mut(m);
                         for (k, v) in add.iter() {
                             m.insert(k.clone(), v.clone());
@@ -774,6 +959,7 @@ fn apply(slot: &mut Value, value: Value, mode: Mode) {
             _ => *slot = value,
         },
     }
+    Ok(())
 }
 
 fn delete_in_map(map: &mut Map, keys: &[Key]) {
@@ -821,7 +1007,7 @@ mod tests {
     }
 
     fn set(map: &mut Map, name: &str, v: serde_json::Value, mode: Mode) {
-        set_in_map(map, &keys(name), Value::from(v), mode).unwrap();
+        set_in_map(map, &keys(name), Value::from(v), mode, &Budgets::default()).unwrap();
     }
 
     #[test]
@@ -843,7 +1029,14 @@ mod tests {
     fn set_through_a_scalar_fails() {
         let mut m = Map::new();
         set(&mut m, "s", json!("abc"), Mode::Replace);
-        assert!(set_in_map(&mut m, &keys("s.x"), Value::Null, Mode::Replace).is_err());
+        assert!(set_in_map(
+            &mut m,
+            &keys("s.x"),
+            Value::Null,
+            Mode::Replace,
+            &Budgets::default()
+        )
+        .is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! automations it calls and the listeners of the events it emits.
 
 mod args;
+mod budget;
 mod cancel;
 mod contexts;
 mod error;
@@ -315,6 +316,7 @@ impl Runtime {
                 depth: start.depth,
                 trigger: start.trigger,
                 http: start.http,
+                meter: budget::Meter::default(),
             })
             .await
     }
@@ -346,6 +348,8 @@ struct Execution {
     depth: u32,
     trigger: Trigger,
     http: Option<(String, String)>,
+    /// The instruction count: new for a triggered execution, the caller's for a call.
+    meter: budget::Meter,
 }
 
 impl Inner {
@@ -461,6 +465,8 @@ impl Inner {
             depth: x.depth + 1,
             trigger: &x.trigger,
             throttled,
+            meter: x.meter.clone(),
+            sizes: Mutex::default(),
         };
         let flow = exec.block(&x.automation.body).await?;
         let output = exec.output()?;
@@ -567,6 +573,7 @@ impl EventHandler for Listeners {
                         event_id: Some(event.id.clone()),
                     },
                     http: None,
+                    meter: budget::Meter::default(),
                 };
                 let inner = &inner;
                 let event = &event;

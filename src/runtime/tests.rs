@@ -10,6 +10,11 @@ struct Fixture {
 }
 
 fn fixture(files: &[(&str, &str)]) -> Fixture {
+    fixture_with(files, |_| {})
+}
+
+/// A fixture whose settings `tune` adjusts first (budgets, mostly).
+fn fixture_with(files: &[(&str, &str)], tune: impl FnOnce(&mut Settings)) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let ws = dir.path().join("ws");
     std::fs::create_dir(&ws).unwrap();
@@ -18,6 +23,7 @@ fn fixture(files: &[(&str, &str)]) -> Fixture {
     }
     let mut settings = Settings::load_from(None, &|_| None).unwrap();
     settings.limits.disabled = true;
+    tune(&mut settings);
     let rt = Runtime::new(settings, Arc::new(EmbeddedBus::new())).unwrap();
     rt.install(crate::workspace::load(&ws, None).unwrap());
     rt.record_emits();
@@ -281,4 +287,203 @@ async fn wait_with_cancel_triggers_keeps_listeners_from_running() {
     // The first `go` was taken by the wait; only the second one ran the listener.
     let kinds: Vec<String> = f.emitted().into_iter().map(|(k, _)| k).collect();
     assert_eq!(kinds, vec!["go", "go", "ran"]);
+}
+
+/// The budget an execution went over, from its error.
+fn budget_of(e: &ExecError) -> &str {
+    assert_eq!(e.kind, ErrorKind::BudgetExceeded, "{e}");
+    let start = e.message.find("budgets.").expect("names the setting") + 8;
+    let len = e.message[start..]
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(0);
+    &e.message[start..start + len]
+}
+
+#[tokio::test]
+async fn repeat_on_a_huge_number_iterates_lazily_until_the_instruction_budget() {
+    let f = fixture_with(
+        &[(
+            "main",
+            "do:\n  - repeat:\n      on: '{{body.n}}'\n      do: []\n",
+        )],
+        |s| s.budgets.max_instructions = 10_000,
+    );
+    let e = f
+        .run("main", json!({"body": {"n": 400_000_000}}))
+        .await
+        .unwrap_err();
+    assert_eq!(budget_of(&e), "max_instructions");
+    assert!(e.message.contains("more than 10000 instructions"), "{e}");
+    assert!(
+        e.location.as_deref().unwrap_or("").contains("main"),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn bad_loop_counts_and_wait_timeouts_fail_clearly() {
+    let f = fixture(&[
+        ("on", "do:\n  - repeat: {on: '{{body.n}}', do: []}\n"),
+        ("until", "do:\n  - repeat: {until: '{{body.n}}', do: []}\n"),
+        ("wait", "do:\n  - wait: {timeout: '{{body.n}}'}\n"),
+    ]);
+    for (slug, n, expected) in [
+        ("on", json!(-5), "`on` must be a number of iterations"),
+        ("on", json!(1e300), "got 1e+300"),
+        (
+            "until",
+            json!("-1"),
+            "`until` must be a number of iterations",
+        ),
+        ("until", json!("NaN"), "got NaN"),
+        (
+            "wait",
+            json!("-5"),
+            "`timeout` must be a number of seconds of at least 0, got -5",
+        ),
+        ("wait", json!("NaN"), "got NaN"),
+        (
+            "wait",
+            json!("1e400"),
+            "a wait of Infinity seconds is over the budget of 86400",
+        ),
+        ("wait", json!(86_401), "budgets.max_wait_secs"),
+    ] {
+        let e = f.run(slug, json!({"body": {"n": n}})).await.unwrap_err();
+        assert!(e.message.contains(expected), "{slug} {n}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn writing_a_far_list_index_is_refused_before_allocating() {
+    let f = fixture(&[(
+        "main",
+        "do:\n  - set: {name: l, value: []}\n  - set: {name: 'l[{{body.i}}]', value: 1}\noutput: '{{l.length}}'\n",
+    )]);
+    let e = f
+        .run("main", json!({"body": {"i": 400_000_000}}))
+        .await
+        .unwrap_err();
+    assert_eq!(budget_of(&e), "max_list_index");
+    assert!(e.message.contains("writing list index 400000000"), "{e}");
+    assert_eq!(
+        f.run("main", json!({"body": {"i": 3}})).await.unwrap(),
+        json!(4)
+    );
+}
+
+#[tokio::test]
+async fn a_value_nested_in_a_loop_stops_at_the_depth_budget() {
+    let f = fixture(&[(
+        "main",
+        "do:\n  - set: {name: x, value: 0}\n  - repeat:\n      on: 6000\n      do:\n        - set: {name: x, value: {a: '{{x}}'}}\n",
+    )]);
+    let e = f.run("main", json!({})).await.unwrap_err();
+    assert_eq!(budget_of(&e), "max_depth");
+}
+
+#[tokio::test]
+async fn a_string_doubled_forty_times_stops_at_the_string_budget() {
+    let f = fixture_with(
+        &[(
+            "main",
+            "do:\n  - set: {name: s, value: ab}\n  - repeat:\n      on: 40\n      do:\n        - set: {name: s, value: '{{s}}{{s}}'}\n",
+        )],
+        |s| s.budgets.max_string_bytes = 1 << 20,
+    );
+    let e = f.run("main", json!({})).await.unwrap_err();
+    assert_eq!(budget_of(&e), "max_string_bytes");
+}
+
+#[tokio::test]
+async fn pushing_into_one_variable_stops_at_the_value_budget_and_entries() {
+    let f = fixture_with(
+        &[
+            (
+                "push",
+                "do:\n  - repeat:\n      on: 100000\n      do:\n        - set: {name: 'big.l[]', value: '{{body.s}}{{$index}}'}\n",
+            ),
+            (
+                "entries",
+                "do:\n  - repeat:\n      on: 100000\n      do:\n        - set: {name: 'l[]', value: 1}\n",
+            ),
+            (
+                "keys",
+                "do:\n  - repeat:\n      on: 100000\n      do:\n        - set: {name: 'o.k{{$index}}', value: 1}\n",
+            ),
+        ],
+        |s| {
+            s.budgets.max_value_bytes = 1 << 20;
+            s.budgets.max_entries = 5_000;
+        },
+    );
+    let s = "x".repeat(1000);
+    let e = f.run("push", json!({"body": {"s": s}})).await.unwrap_err();
+    assert_eq!(budget_of(&e), "max_value_bytes");
+    let e = f.run("entries", json!({})).await.unwrap_err();
+    assert_eq!(budget_of(&e), "max_entries");
+    let e = f.run("keys", json!({})).await.unwrap_err();
+    assert_eq!(budget_of(&e), "max_entries");
+}
+
+#[tokio::test]
+async fn replacing_part_of_a_big_variable_counts_what_it_frees() {
+    // 600 KB in two halves, under a 1 MB budget: replacing one half again and
+    // again never adds up, since the old half is freed.
+    let f = fixture_with(
+        &[(
+            "main",
+            "do:\n  - set: {name: v.a, value: '{{body.s}}'}\n  - set: {name: v.b, value: '{{body.s}}'}\n  - repeat:\n      on: 50\n      do:\n        - set: {name: v.a, value: '{{body.s}}{{$index}}'}\noutput: '{{v.a.length}}'\n",
+        )],
+        |s| s.budgets.max_value_bytes = 1 << 20,
+    );
+    let s = "x".repeat(300_000);
+    assert_eq!(
+        f.run("main", json!({"body": {"s": s}})).await.unwrap(),
+        json!(300_002)
+    );
+}
+
+#[tokio::test]
+async fn calls_share_the_callers_instruction_budget() {
+    let f = fixture_with(
+        &[
+            (
+                "main",
+                "do:\n  - repeat:\n      on: 1000\n      do:\n        - callee: {}\n",
+            ),
+            ("callee", "do:\n  - repeat: {on: 100, do: []}\n"),
+        ],
+        |s| s.budgets.max_instructions = 20_000,
+    );
+    let e = f.run("main", json!({})).await.unwrap_err();
+    assert_eq!(budget_of(&e), "max_instructions");
+}
+
+#[tokio::test]
+async fn a_workspace_secret_overrides_a_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    std::fs::write(ws.join("main.yml"), "do:\n  - repeat: {on: 5000, do: []}\n").unwrap();
+    let secrets = dir.path().join("ws.secrets.yml");
+    std::fs::write(&secrets, "sluice_max_instructions: 100\n").unwrap();
+    let mut settings = Settings::load_from(None, &|_| None).unwrap();
+    settings.limits.disabled = true;
+    let rt = Runtime::new(settings, Arc::new(EmbeddedBus::new())).unwrap();
+    assert!(rt
+        .install(crate::workspace::load(&ws, Some(&secrets)).unwrap())
+        .is_empty());
+    let e = rt.run(start("main", json!({}))).await.unwrap_err();
+    assert!(e.message.contains("budget of 100 "), "{e}");
+    std::fs::write(&secrets, "sluice_max_instructions: -3\n").unwrap();
+    let problems = rt.install(crate::workspace::load(&ws, Some(&secrets)).unwrap());
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("sluice_max_instructions"),
+        "{problems:?}"
+    );
+    // A bad secret keeps the budgets the workspace had.
+    let e = rt.run(start("main", json!({}))).await.unwrap_err();
+    assert!(e.message.contains("budget of 100 "), "{e}");
 }
