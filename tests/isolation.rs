@@ -1,0 +1,163 @@
+//! A hostile tenant against a real `sluice serve`: every bomb it sends fails its
+//! own request with a clear error naming the budget, while the process keeps
+//! serving another workspace and its memory stays bounded.
+
+use serde_json::{json, Value as J};
+use std::path::Path;
+use std::time::Duration;
+
+mod common;
+use common::{serve, Serve};
+
+/// Writes `text` as `automations/<ws>/<name>` under `root`.
+fn put(root: &Path, ws: &str, name: &str, text: &str) {
+    let dir = root.join("automations").join(ws);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+/// Posts `body` to a webhook; the status and the answer's text.
+fn call(s: &Serve, ws: &str, slug: &str, body: &J) -> (u16, String) {
+    let r = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+        .post(format!("{}/v2/workspaces/{ws}/webhooks/{slug}", s.base))
+        .json(body)
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.text().unwrap())
+}
+
+/// Resident memory of the server process, in MB.
+fn rss_mb(s: &Serve) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb / 1024
+}
+
+/// One bomb: an automation, the body that sets it off, and what its error must say.
+struct Bomb {
+    slug: &'static str,
+    automation: &'static str,
+    body: J,
+    error: &'static str,
+}
+
+fn bombs() -> Vec<Bomb> {
+    vec![
+        Bomb {
+            slug: "huge-repeat",
+            automation: "do:\n  - repeat:\n      on: '{{body.n}}'\n      do: []\n",
+            body: json!({"n": 400_000_000}),
+            error: "budgets.max_instructions",
+        },
+        Bomb {
+            slug: "far-index",
+            automation: "do:\n  - set: {name: l, value: []}\n  - set: {name: 'l[{{body.i}}]', value: 1}\n",
+            body: json!({"i": 400_000_000}),
+            error: "writing list index 400000000 is over the budget of 1000000",
+        },
+        Bomb {
+            slug: "nested",
+            automation: "do:\n  - set: {name: x, value: 0}\n  - repeat:\n      on: 6000\n      do:\n        - set: {name: x, value: {a: '{{x}}'}}\n",
+            body: json!({}),
+            error: "budgets.max_depth",
+        },
+        Bomb {
+            slug: "doubling",
+            automation: "do:\n  - set: {name: s, value: ab}\n  - repeat:\n      on: 40\n      do:\n        - set: {name: s, value: '{{s}}{{s}}'}\n",
+            body: json!({}),
+            error: "budgets.max_string_bytes",
+        },
+        Bomb {
+            slug: "growing",
+            automation: "do:\n  - repeat:\n      on: 100000\n      do:\n        - set: {name: 'l[]', value: '{{body.s}}{{$index}}'}\n",
+            body: json!({"s": "x".repeat(100_000)}),
+            error: "budgets.max_value_bytes",
+        },
+        Bomb {
+            slug: "self-call",
+            automation: "do:\n  - self-call: {}\n",
+            body: json!({}),
+            error: "Reached maximum number of nested calls",
+        },
+        Bomb {
+            slug: "wait-negative",
+            automation: "do:\n  - wait: {timeout: '{{body.t}}'}\n",
+            body: json!({"t": "-5"}),
+            error: "`timeout` must be a number of seconds of at least 0, got -5",
+        },
+        Bomb {
+            slug: "wait-nan",
+            automation: "do:\n  - wait: {timeout: '{{body.t}}'}\n",
+            body: json!({"t": "NaN"}),
+            error: "got NaN",
+        },
+        Bomb {
+            slug: "wait-huge",
+            automation: "do:\n  - wait: {timeout: '{{body.t}}'}\n",
+            body: json!({"t": "1e400"}),
+            error: "a wait of Infinity seconds is over the budget of 86400",
+        },
+    ]
+}
+
+#[test]
+fn every_bomb_fails_its_own_request_and_the_process_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    put(
+        dir.path(),
+        "victim",
+        "ping.yml",
+        "slug: ping\nwhen: {endpoint: true}\ndo: []\noutput: pong\n",
+    );
+    let bombs = bombs();
+    for b in &bombs {
+        let text = format!(
+            "slug: {}\nwhen: {{endpoint: true}}\n{}",
+            b.slug, b.automation
+        );
+        put(dir.path(), "hostile", &format!("{}.yml", b.slug), &text);
+    }
+    // Rate limits off: only the budgets stand between the bombs and the process.
+    std::fs::create_dir_all(dir.path().join("secrets")).unwrap();
+    std::fs::write(
+        dir.path().join("secrets/hostile.yml"),
+        "prismeai_ratelimit_disabled: true\n",
+    )
+    .unwrap();
+    let s = serve(dir.path());
+    let baseline = rss_mb(&s);
+    for b in &bombs {
+        let (status, text) = call(&s, "hostile", b.slug, &b.body);
+        assert_eq!(status, 500, "{}: {text}", b.slug);
+        let message = serde_json::from_str::<J>(&text).unwrap()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            message.contains(b.error),
+            "{}: expected {:?} in {message:?}",
+            b.slug,
+            b.error
+        );
+        assert!(!message.contains('\n'), "{}: one line: {message:?}", b.slug);
+        assert_eq!(
+            call(&s, "victim", "ping", &json!({})),
+            (200, "pong".to_string()),
+            "after {}",
+            b.slug
+        );
+    }
+    let after = rss_mb(&s);
+    assert!(
+        after < baseline + 200,
+        "RSS grew from {baseline} MB to {after} MB"
+    );
+}
