@@ -27,6 +27,7 @@ struct Families {
     errors: BTreeMap<(String, String), u64>,
     durations: BTreeMap<String, Histogram>,
     throttled: BTreeMap<(String, &'static str), (f64, u64)>,
+    budgets: BTreeMap<(String, &'static str), u64>,
 }
 
 /// The process's metrics.
@@ -77,6 +78,15 @@ impl Metrics {
                 .or_default();
             e.0 += waited.as_secs_f64();
             e.1 += 1;
+        });
+    }
+
+    /// Counts an execution that failed by going over one of its budgets.
+    pub fn budget_exceeded(&self, workspace: &str, budget: &'static str) {
+        self.with(|f| {
+            *f.budgets
+                .entry((workspace.to_string(), budget))
+                .or_default() += 1
         });
     }
 
@@ -144,6 +154,14 @@ impl Metrics {
                     escape(ws)
                 );
             }
+            out.push_str("# HELP sluice_budget_exceeded_total Executions failed by going over a budget (a failing callee counts for its callers too).\n# TYPE sluice_budget_exceeded_total counter\n");
+            for ((ws, budget), n) in &f.budgets {
+                let _ = writeln!(
+                    out,
+                    "sluice_budget_exceeded_total{{workspace=\"{}\",budget=\"{budget}\"}} {n}",
+                    escape(ws)
+                );
+            }
         });
         let _ = writeln!(
             out,
@@ -169,6 +187,7 @@ mod tests {
         m.execution("ws", "hello", Duration::from_millis(3), false);
         m.execution("ws", "hello", Duration::from_millis(30), true);
         m.throttled("ws", "emits", Duration::from_millis(250));
+        m.budget_exceeded("ws", "max_depth");
         let text = m.render();
         assert!(text.contains("sluice_executions_total{workspace=\"ws\",slug=\"hello\"} 2"));
         assert!(text.contains("sluice_execution_errors_total{workspace=\"ws\",slug=\"hello\"} 1"));
@@ -179,5 +198,8 @@ mod tests {
             text.contains("sluice_throttled_seconds_total{workspace=\"ws\",limit=\"emits\"} 0.25")
         );
         assert!(text.contains("sluice_throttle_waits_total{workspace=\"ws\",limit=\"emits\"} 1"));
+        assert!(
+            text.contains("sluice_budget_exceeded_total{workspace=\"ws\",budget=\"max_depth\"} 1")
+        );
     }
 }

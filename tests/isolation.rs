@@ -155,6 +155,17 @@ fn every_bomb_fails_its_own_request_and_the_process_keeps_serving() {
             b.slug
         );
     }
+    let metrics = common::get(&format!("{}/metrics", s.base)).unwrap().1;
+    for budget in [
+        "max_instructions",
+        "max_list_index",
+        "max_depth",
+        "max_string_bytes",
+    ] {
+        let line =
+            format!("sluice_budget_exceeded_total{{workspace=\"hostile\",budget=\"{budget}\"}} 1");
+        assert!(metrics.contains(&line), "no {line} in {metrics}");
+    }
     let after = rss_mb(&s);
     assert!(
         after < baseline + 200,

@@ -53,6 +53,8 @@ pub struct ExecError {
     pub message: String,
     /// Where: `automation slug (file:line)` of the innermost failing instruction.
     pub location: Option<String>,
+    /// The budget that was exceeded (`max_instructions`), for errors of kind `BudgetExceeded`.
+    pub budget: Option<&'static str>,
 }
 
 impl ExecError {
@@ -62,6 +64,7 @@ impl ExecError {
             kind,
             message: message.into(),
             location: None,
+            budget: None,
         }
     }
 
@@ -96,6 +99,9 @@ impl From<ExprError> for ExecError {
 
 impl From<BudgetExceeded> for ExecError {
     fn from(e: BudgetExceeded) -> ExecError {
-        ExecError::new(ErrorKind::BudgetExceeded, e.to_string())
+        ExecError {
+            budget: Some(e.name),
+            ..ExecError::new(ErrorKind::BudgetExceeded, e.to_string())
+        }
     }
 }

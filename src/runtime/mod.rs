@@ -416,6 +416,9 @@ impl Inner {
                     .unwrap_or_else(|_| started.elapsed());
                 self.metrics
                     .execution(&ws.id, &slug.slug, elapsed, result.is_err());
+                if let Some(budget) = result.as_ref().err().and_then(|e| e.budget) {
+                    self.metrics.budget_exceeded(&ws.id, budget);
+                }
                 result
             }
             .instrument(span),
