@@ -128,6 +128,11 @@ fn environment_overrides_file_which_overrides_defaults() {
     );
     assert_eq!(s.runtime.max_call_depth, 5);
     assert_eq!(s.runtime.wait_timeout_secs, 20.0);
+    let file = yaml("budgets: {max_depth: 12, max_list_index: 0}\n");
+    let s = Settings::load_from(Some(file.path()), &no_env).unwrap();
+    assert_eq!(s.budgets.max_depth, 12);
+    assert_eq!(s.budgets.max_list_index, 0);
+    assert_eq!(s.budgets.max_instructions, 1_000_000);
     assert_eq!(s.limits.automations, Settings::default().limits.automations);
 }
 
@@ -291,6 +296,15 @@ fn bad_file_values_give_one_line_naming_the_file_and_key() {
             "nats: {stream: a.b}",
             "nats.stream: expected a name of 1 to 64 characters",
         ),
+        (
+            "budgets: {max_depth: 5000}",
+            "budgets.max_depth: expected a whole number from 1 to 1000, got 5000",
+        ),
+        (
+            "budgets: {max_instructions: 0}",
+            "budgets.max_instructions: expected a whole number of at least 1, got 0",
+        ),
+        ("budgets: {max_instruction: 5}", "max_instruction"),
         ("nats: {strem: x}", "strem"),
         ("limits: {emits: {rat: 5}}", "rat"),
         ("listn: x", "listn"),

@@ -15,6 +15,21 @@ use serde::{Deserialize, Serialize};
 /// The prefix of every budget secret; the rest is the budget's settings name.
 const PREFIX: &str = "sluice_max_";
 
+/// The highest `max_depth` accepted: values are walked, copied and dropped
+/// recursively, and a thousand levels fit any thread's stack.
+pub const DEPTH_CEILING: usize = 1000;
+
+/// `max_depth` from the settings file: a whole number from 1 to [`DEPTH_CEILING`].
+fn depth<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n: usize = crate::config::de::positive(d)?;
+    if n > DEPTH_CEILING {
+        return Err(serde::de::Error::custom(format!(
+            "expected a whole number from 1 to {DEPTH_CEILING}, got {n}"
+        )));
+    }
+    Ok(n)
+}
+
 /// What one execution may use; exceeding any fails the execution with a [`BudgetExceeded`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -31,8 +46,8 @@ pub struct Budgets {
     /// The largest variable (or context key), in bytes of JSON.
     #[serde(deserialize_with = "crate::config::de::positive")]
     pub max_value_bytes: usize,
-    /// The deepest nesting of lists and objects in one value.
-    #[serde(deserialize_with = "crate::config::de::positive")]
+    /// The deepest nesting of lists and objects in one value, at most [`DEPTH_CEILING`].
+    #[serde(deserialize_with = "depth")]
     pub max_depth: usize,
     /// The largest list index `set` may write (`l[5]` writes index 5, filling the gap).
     #[serde(deserialize_with = "crate::config::de::whole")]
@@ -136,14 +151,20 @@ impl Budgets {
                 Value::String(s) => parse_number(s),
                 _ => None,
             };
-            let min = if name == "max_list_index" { 0.0 } else { 1.0 };
-            match number.filter(|n| n.fract() == 0.0 && (min..9_007_199_254_740_992.0).contains(n))
-            {
+            let (min, max, expected) = match name.as_str() {
+                "max_list_index" => (0.0, MAX_EXACT, "expected a non-negative whole number"),
+                "max_depth" => (
+                    1.0,
+                    DEPTH_CEILING as f64 + 1.0,
+                    "expected a whole number from 1 to 1000",
+                ),
+                _ => (1.0, MAX_EXACT, "expected a whole number of at least 1"),
+            };
+            match number.filter(|n| n.fract() == 0.0 && (min..max).contains(n)) {
                 Some(n) => {
                     budgets.set(&name, n as u64);
                 }
-                None if min == 0.0 => errors.push(error("expected a non-negative whole number")),
-                None => errors.push(error("expected a whole number of at least 1")),
+                None => errors.push(error(expected)),
             }
         }
         if errors.is_empty() {
@@ -153,6 +174,9 @@ impl Budgets {
         }
     }
 }
+
+/// 2^53: above it not every whole number is a distinct `f64`.
+const MAX_EXACT: f64 = 9_007_199_254_740_992.0;
 
 const UNKNOWN: &str = "unknown budget secret, expected one of sluice_max_instructions, \
     sluice_max_string_bytes, sluice_max_entries, sluice_max_value_bytes, sluice_max_depth, \
@@ -241,11 +265,17 @@ mod tests {
         let given = secrets(&[
             ("sluice_max_instructions", Value::Number(-1.0)),
             ("sluice_max_depht", Value::Number(3.0)),
-            ("sluice_max_depth", Value::str("s3cr3t-ish")),
+            ("sluice_max_regex_bytes", Value::str("s3cr3t-ish")),
             ("sluice_max_string_bytes", Value::Number(0.5)),
+            ("sluice_max_depth", Value::Number(1001.0)),
         ]);
         let errors = Budgets::default().with_secrets("ws", &given).unwrap_err();
-        assert_eq!(errors.len(), 4);
+        assert_eq!(errors.len(), 5);
+        assert!(
+            errors[4].to_string().ends_with("from 1 to 1000"),
+            "{}",
+            errors[4]
+        );
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         assert!(text[1].contains("unknown budget secret"), "{}", text[1]);
         assert!(text.iter().all(|t| !t.contains("s3cr3t")));
