@@ -20,6 +20,38 @@ use tokio::sync::broadcast;
 /// Type of the event sent after every execution.
 pub const EXECUTED: &str = "runtime.automations.executed";
 
+/// Prefix of the event types only the runtime sends.
+pub const RESERVED_PREFIX: &str = "runtime.";
+
+/// Why a name cannot be the type of an event sent by an automation or a client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventTypeError {
+    /// Empty, or holding a character outside the valid set.
+    #[error("invalid event type `{0}`: use letters, digits, spaces, `.`, `_` and `-`")]
+    Invalid(String),
+    /// A `runtime.*` type, which only the runtime sends.
+    #[error("event type `{0}` is reserved: `runtime.*` events are sent by the runtime only; use another prefix (letters, digits, spaces, `.`, `_` and `-`)")]
+    Reserved(String),
+}
+
+/// The one rule for event types that automations (`emit`), clients
+/// (`POST /events`) and `sluice validate` may use: letters, digits, spaces,
+/// `.`, `_` and `-`, and no `runtime.` prefix, so nobody can forge the
+/// runtime's own events (executed events that `wait` and SSE clients trust).
+pub fn check_event_type(kind: &str) -> Result<(), EventTypeError> {
+    let valid = !kind.is_empty()
+        && kind
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '.' | '_' | '-'));
+    if !valid {
+        return Err(EventTypeError::Invalid(kind.to_string()));
+    }
+    if kind.starts_with(RESERVED_PREFIX) {
+        return Err(EventTypeError::Reserved(kind.to_string()));
+    }
+    Ok(())
+}
+
 /// An event of a workspace.
 #[derive(Debug, Clone)]
 pub struct Event {
@@ -102,4 +134,27 @@ pub trait Bus: Send + Sync + 'static {
     /// Stops taking new events, then resolves once the events this instance
     /// took have been handled (or handed back to other instances).
     fn shutdown(&self) -> BoxFuture<'_, ()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_types() {
+        assert_eq!(check_event_type("user.created v2_x-y"), Ok(()));
+        assert_eq!(check_event_type("runtimes.x"), Ok(()));
+        assert!(matches!(
+            check_event_type("bad/name"),
+            Err(EventTypeError::Invalid(_))
+        ));
+        assert!(matches!(
+            check_event_type(""),
+            Err(EventTypeError::Invalid(_))
+        ));
+        let forged = check_event_type(EXECUTED).unwrap_err();
+        assert!(matches!(forged, EventTypeError::Reserved(_)));
+        let message = forged.to_string();
+        assert!(message.contains("reserved") && message.contains("letters, digits"));
+    }
 }

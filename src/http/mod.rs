@@ -6,7 +6,7 @@
 
 mod secrets;
 
-use crate::bus::EXECUTED;
+use crate::bus::check_event_type;
 use crate::config::Settings;
 use crate::runtime::{Runtime, Start, Trigger};
 use crate::value::{Map, Value};
@@ -210,11 +210,8 @@ async fn ingest(State(state): State<AppState>, Path(ws): Path<String>, body: Byt
                 format!("event {i}: `type` must be a string"),
             );
         };
-        if !crate::runtime::valid_event_name(kind) || kind == EXECUTED {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("event {i}: invalid type `{kind}`: use letters, digits, spaces, `.`, `_` and `-`"),
-            );
+        if let Err(e) = check_event_type(kind) {
+            return error(StatusCode::BAD_REQUEST, format!("event {i}: {e}"));
         }
         let payload = match item.get("payload") {
             None | Some(serde_json::Value::Null) => Value::empty_object(),

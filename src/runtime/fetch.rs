@@ -171,6 +171,9 @@ impl Exec<'_> {
         let Some(event) = stream.get("event").and_then(Value::as_str) else {
             return Ok(());
         };
+        // The name is the tenant's, even though the chunks go out as native events.
+        crate::bus::check_event_type(event)
+            .map_err(|e| ExecError::new(ErrorKind::InvalidEvent, e.to_string()))?;
         let concat_path = stream
             .get("concatenate")
             .and_then(Value::as_object)

@@ -589,13 +589,6 @@ fn hostname() -> String {
         .unwrap_or_else(|| "sluice".into())
 }
 
-/// Whether `s` is a valid event name: letters, digits, spaces, `.`, `_`, `-`.
-pub fn valid_event_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '.' | '_' | '-'))
-}
-
 /// The current time as ISO 8601 with milliseconds (`2026-11-22T15:03:42.056Z`).
 pub fn now_iso() -> String {
     chrono::Utc::now()
