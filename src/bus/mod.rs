@@ -7,15 +7,17 @@
 //! where (on which instance) an event runs and when it counts as handled.
 
 mod embedded;
+mod feeds;
 mod nats;
 
 pub use embedded::EmbeddedBus;
+pub use feeds::{EventFilter, Waiter, Watch, WATCH_CAPACITY};
 pub use nats::NatsBus;
 
 use crate::value::{Map, Value};
 use futures::future::BoxFuture;
 use std::sync::Arc;
-use tokio::sync::broadcast;
+use std::time::Duration;
 
 /// Type of the event sent after every execution.
 pub const EXECUTED: &str = "runtime.automations.executed";
@@ -119,13 +121,18 @@ pub trait Bus: Send + Sync + 'static {
     /// Registers the handler that runs listeners; call once before publishing.
     fn start(&self, handler: Arc<dyn EventHandler>);
     /// Publishes an emitted event: watchers see it and its listeners run once.
-    fn publish(&self, event: Event) -> BoxFuture<'_, Result<(), BusError>>;
+    /// Resolves with how long it waited for room in a full queue (back-pressure
+    /// the emitter counts as throttled time).
+    fn publish(&self, event: Event) -> BoxFuture<'_, Result<Duration, BusError>>;
     /// Publishes a notification (the executed event): watchers only, no listeners.
     fn notify(&self, event: Event);
     /// Whether anyone (a `wait`, an SSE client, other instances) can see notifications.
     fn has_watchers(&self) -> bool;
-    /// Every event this instance sees, for `wait` and the SSE stream.
-    fn watch(&self) -> broadcast::Receiver<Arc<Event>>;
+    /// Every event of `workspace` this instance sees, for the SSE stream.
+    fn watch(&self, workspace: &str) -> Watch;
+    /// The first event of `workspace` that `filter` accepts, for `wait`; register
+    /// before emitting what should answer it.
+    fn wait_for(&self, workspace: &str, filter: EventFilter) -> Waiter;
     /// Resolves once every event published so far has been handled (used by `sluice run`).
     fn settled(&self) -> BoxFuture<'_, ()>;
     /// Claims `key` for this instance: true for the first claim in the cluster

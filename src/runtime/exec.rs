@@ -573,7 +573,9 @@ impl<'a> Exec<'a> {
                 ),
             ));
         }
-        self.rt.publish(event).await?;
+        let waited = self.rt.publish(event).await?;
+        self.rt
+            .throttled(&self.ws.id, LimitKind::Emits, waited, &self.throttled);
         Ok(value)
     }
 
@@ -594,16 +596,19 @@ impl<'a> Exec<'a> {
         self.rt.event(&self.ws.id, kind, payload, source)
     }
 
-    /// Publishes a native event (no `emits` token, as in the reference).
+    /// Publishes a native event (no `emits` token, as in the reference; a wait
+    /// for room on the bus still counts as throttled under `emits`).
     pub async fn native_event(&self, kind: &str, payload: Value) -> Result<(), ExecError> {
         let event = self.make_event(kind, payload);
-        self.rt.publish(event).await
+        let waited = self.rt.publish(event).await?;
+        self.rt
+            .throttled(&self.ws.id, LimitKind::Emits, waited, &self.throttled);
+        Ok(())
     }
 
     async fn wait(&self, args: &Value) -> Result<Value, ExecError> {
-        // Subscribe before anything else: only events emitted after the wait
-        // started count, and `all` starts the emit right after this first poll.
-        let mut feed = self.rt.bus.watch();
+        // No await before the waiter is registered: only events emitted after the
+        // wait started count, and `all` starts the emit right after this first poll.
         let empty = Map::new();
         let m = args.as_object().unwrap_or(&empty);
         let timeout = match m.get("timeout") {
@@ -615,8 +620,8 @@ impl<'a> Exec<'a> {
             _ => self.rt.settings.runtime.wait_timeout_secs,
         };
         let timeout = Duration::from_secs_f64(timeout.min(86_400.0));
-        let one_of: Vec<&Map> = match m.get("oneOf") {
-            Some(Value::List(l)) => l.iter().filter_map(Value::as_object).collect(),
+        let one_of: Vec<Map> = match m.get("oneOf") {
+            Some(Value::List(l)) => l.iter().filter_map(Value::as_object).cloned().collect(),
             _ => Vec::new(),
         };
         if one_of.is_empty() {
@@ -627,33 +632,31 @@ impl<'a> Exec<'a> {
         let cancelling: Vec<Map> = one_of
             .iter()
             .filter(|c| matches!(c.get("cancelTriggers"), Some(Value::Bool(true))))
-            .map(|c| (*c).clone())
+            .cloned()
             .collect();
         let _cancel =
             (!cancelling.is_empty()).then(|| self.rt.cancels.register(&self.ws.id, cancelling));
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let event = match tokio::time::timeout_at(deadline, feed.recv()).await {
-                Err(_) => return Ok(Value::Undefined),
-                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
-                Ok(Err(_)) => return Ok(Value::Undefined),
-                Ok(Ok(e)) => e,
-            };
-            // Most events are of other types: skip them before building their value.
-            if event.workspace != self.ws.id
-                || !one_of
+        // The bus runs the filter on this workspace's events and sends only the
+        // first match here, so no flood can push the awaited event out.
+        let mut waiter = self.rt.bus.wait_for(
+            &self.ws.id,
+            Box::new(move |event: &crate::bus::Event| {
+                // Most events are of other types: skip them before building their value.
+                if !one_of
                     .iter()
                     .any(|c| c.get("event").and_then(Value::as_str) == Some(&event.kind))
-            {
-                continue;
-            }
-            let value = event.to_value();
-            if one_of
-                .iter()
-                .any(|c| matches_condition(c, &event.kind, &value))
-            {
-                return Ok(value);
-            }
+                {
+                    return false;
+                }
+                let value = event.to_value();
+                one_of
+                    .iter()
+                    .any(|c| matches_condition(c, &event.kind, &value))
+            }),
+        );
+        match tokio::time::timeout(timeout, waiter.recv()).await {
+            Ok(Some(event)) => Ok(event.to_value()),
+            Err(_) | Ok(None) => Ok(Value::Undefined),
         }
     }
 }

@@ -333,7 +333,7 @@ impl Runtime {
             Value::str(self.inner.new_id().as_str()),
         );
         let event = self.inner.event(workspace, kind, payload, source);
-        self.inner.publish(event).await
+        self.inner.publish(event).await.map(drop)
     }
 }
 
@@ -377,7 +377,8 @@ impl Inner {
         }
     }
 
-    async fn publish(&self, event: Event) -> Result<(), ExecError> {
+    /// Publishes `event` and returns how long the bus made it wait for room.
+    async fn publish(&self, event: Event) -> Result<Duration, ExecError> {
         if let Some(rec) = self
             .recorder
             .lock()
