@@ -127,6 +127,8 @@ struct Inner {
     /// Built on the first fetch: loading the system's CA store costs
     /// milliseconds that runs without a fetch should not pay.
     http: OnceLock<reqwest::Client>,
+    /// Requests open per host, bounded by `fetch.max_connections_per_host`.
+    hosts: fetch::Hosts,
     runs: contexts::RunRegistry,
     replica: String,
     recorder: Mutex<Option<Vec<Event>>>,
@@ -174,6 +176,7 @@ impl Runtime {
                 limits,
                 settings,
                 http: OnceLock::new(),
+                hosts: fetch::Hosts::default(),
                 runs: contexts::RunRegistry::default(),
                 replica: format!("{}-{}", hostname(), std::process::id()),
                 recorder: Mutex::new(None),
@@ -356,6 +359,7 @@ impl Inner {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(self.settings.fetch.timeout_ms))
             .user_agent(self.settings.fetch.user_agent.clone())
+            .pool_max_idle_per_host(self.settings.fetch.max_connections_per_host)
             .build()
             .map_err(|e| ExecError::new(ErrorKind::Internal, format!("HTTP client: {e}")))?;
         Ok(self.http.get_or_init(|| client))
