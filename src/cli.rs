@@ -159,7 +159,8 @@ async fn run_async(
     ws: workspace::Workspace,
     payload: Map,
 ) -> u8 {
-    let runtime = match Runtime::new(settings, Arc::new(EmbeddedBus::new())) {
+    let bus = Arc::new(EmbeddedBus::with_settings(&settings.runtime));
+    let runtime = match Runtime::new(settings, bus) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("sluice: {e}");

@@ -59,6 +59,12 @@ pub struct RuntimeSettings {
     /// The largest payload of an emitted event, in bytes of JSON.
     #[serde(deserialize_with = "de::whole")]
     pub max_event_bytes: usize,
+    /// Listener executions the embedded bus runs at once (`nats.max_inflight` for NATS).
+    #[serde(deserialize_with = "de::positive")]
+    pub max_inflight_events: usize,
+    /// Events the embedded bus holds waiting for a free slot; when full, `emit` waits.
+    #[serde(deserialize_with = "de::positive")]
+    pub event_queue: usize,
 }
 
 /// The `fetch` instruction.
@@ -73,6 +79,9 @@ pub struct FetchSettings {
     pub max_response_bytes: usize,
     /// The `User-Agent` header sent.
     pub user_agent: String,
+    /// Requests open at once to one host (scheme, name and port); more wait.
+    #[serde(deserialize_with = "de::positive")]
+    pub max_connections_per_host: usize,
 }
 
 /// The HTTP server.
@@ -189,11 +198,14 @@ impl Default for Settings {
                 max_call_depth: 20,
                 wait_timeout_secs: 20.0,
                 max_event_bytes: 100_000,
+                max_inflight_events: 64,
+                event_queue: 10_000,
             },
             fetch: FetchSettings {
                 timeout_ms: 30_000,
                 max_response_bytes: 10 * 1024 * 1024,
                 user_agent: "Prisme.ai Workspaces".to_owned(),
+                max_connections_per_host: 32,
             },
             http: HttpSettings {
                 max_body: 1024 * 1024,

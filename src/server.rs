@@ -164,7 +164,7 @@ async fn connect_bus(
     metrics: &Arc<crate::metrics::Metrics>,
 ) -> Result<Arc<dyn Bus>, String> {
     match &settings.nats_url {
-        None => Ok(Arc::new(EmbeddedBus::new())),
+        None => Ok(Arc::new(EmbeddedBus::with_settings(&settings.runtime))),
         Some(url) => crate::bus::NatsBus::connect(url, &settings.nats, metrics.clone())
             .await
             .map(|b| Arc::new(b) as Arc<dyn Bus>)

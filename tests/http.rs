@@ -260,6 +260,18 @@ async fn events_are_ingested_and_streamed_with_executed_events() {
         .post("/v2/workspaces/demo/events", &json!({"type": "bad/name"}))
         .await;
     assert_eq!(bad.status(), 400);
+    let forged = s
+        .post(
+            "/v2/workspaces/demo/events",
+            &json!([{"type": "ok"}, {"type": "runtime.fetch.failed"}]),
+        )
+        .await;
+    assert_eq!(forged.status(), 400);
+    let message = forged.json::<J>().await.unwrap()["error"]["message"].to_string();
+    assert!(
+        message.contains("event 1") && message.contains("reserved"),
+        "{message}"
+    );
     let unknown = s
         .post("/v2/workspaces/nope/events", &json!({"type": "x"}))
         .await;

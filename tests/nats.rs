@@ -223,7 +223,7 @@ async fn events_of_a_lost_instance_run_on_another_after_ack_wait() {
     let done =
         "when: {events: [job]}\ndo:\n  - emit: {event: done, payload: {n: '{{payload.n}}'}}\n";
     let survivor = instance(&server.url, &s, &[("onjob", done)]).await;
-    let mut feed = survivor.bus.watch();
+    let mut feed = survivor.bus.watch("ws");
     let mut seen: HashMap<u64, usize> = HashMap::new();
     bounded(Duration::from_secs(15), "redelivered events", async {
         while seen.len() < N {
@@ -329,7 +329,7 @@ async fn wait_on_one_instance_sees_an_event_emitted_by_another() {
     let waiter = "do:\n  - wait: {oneOf: [{event: ping}], timeout: 10, output: got}\noutput: '{{got.payload}}'\n";
     let a = instance(&server.url, &s, &[("waiter", waiter)]).await;
     let b = instance(&server.url, &s, &[]).await;
-    let mut seen_by_a = a.bus.watch();
+    let mut seen_by_a = a.bus.watch("ws");
     let waiting = tokio::spawn(async move {
         let out = a.run("waiter").await;
         (out, a)
@@ -391,7 +391,7 @@ async fn shutdown_finishes_quick_events_and_hands_slow_ones_back() {
     let done =
         "when: {events: [job]}\ndo:\n  - emit: {event: done, payload: {n: '{{payload.n}}'}}\n";
     let other = instance(&server.url, &s, &[("onjob", done)]).await;
-    let mut feed = other.bus.watch();
+    let mut feed = other.bus.watch("ws");
     let mut seen = Vec::new();
     bounded(Duration::from_secs(10), "handed-back events", async {
         while seen.len() < 5 {

@@ -7,18 +7,52 @@
 //! where (on which instance) an event runs and when it counts as handled.
 
 mod embedded;
+mod feeds;
 mod nats;
 
 pub use embedded::EmbeddedBus;
+pub use feeds::{EventFilter, Waiter, Watch, WATCH_CAPACITY};
 pub use nats::NatsBus;
 
 use crate::value::{Map, Value};
 use futures::future::BoxFuture;
 use std::sync::Arc;
-use tokio::sync::broadcast;
+use std::time::Duration;
 
 /// Type of the event sent after every execution.
 pub const EXECUTED: &str = "runtime.automations.executed";
+
+/// Prefix of the event types only the runtime sends.
+pub const RESERVED_PREFIX: &str = "runtime.";
+
+/// Why a name cannot be the type of an event sent by an automation or a client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventTypeError {
+    /// Empty, or holding a character outside the valid set.
+    #[error("invalid event type `{0}`: use letters, digits, spaces, `.`, `_` and `-`")]
+    Invalid(String),
+    /// A `runtime.*` type, which only the runtime sends.
+    #[error("event type `{0}` is reserved: `runtime.*` events are sent by the runtime only; use another prefix (letters, digits, spaces, `.`, `_` and `-`)")]
+    Reserved(String),
+}
+
+/// The one rule for event types that automations (`emit`), clients
+/// (`POST /events`) and `sluice validate` may use: letters, digits, spaces,
+/// `.`, `_` and `-`, and no `runtime.` prefix, so nobody can forge the
+/// runtime's own events (executed events that `wait` and SSE clients trust).
+pub fn check_event_type(kind: &str) -> Result<(), EventTypeError> {
+    let valid = !kind.is_empty()
+        && kind
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '.' | '_' | '-'));
+    if !valid {
+        return Err(EventTypeError::Invalid(kind.to_string()));
+    }
+    if kind.starts_with(RESERVED_PREFIX) {
+        return Err(EventTypeError::Reserved(kind.to_string()));
+    }
+    Ok(())
+}
 
 /// An event of a workspace.
 #[derive(Debug, Clone)]
@@ -87,13 +121,18 @@ pub trait Bus: Send + Sync + 'static {
     /// Registers the handler that runs listeners; call once before publishing.
     fn start(&self, handler: Arc<dyn EventHandler>);
     /// Publishes an emitted event: watchers see it and its listeners run once.
-    fn publish(&self, event: Event) -> BoxFuture<'_, Result<(), BusError>>;
+    /// Resolves with how long it waited for room in a full queue (back-pressure
+    /// the emitter counts as throttled time).
+    fn publish(&self, event: Event) -> BoxFuture<'_, Result<Duration, BusError>>;
     /// Publishes a notification (the executed event): watchers only, no listeners.
     fn notify(&self, event: Event);
     /// Whether anyone (a `wait`, an SSE client, other instances) can see notifications.
     fn has_watchers(&self) -> bool;
-    /// Every event this instance sees, for `wait` and the SSE stream.
-    fn watch(&self) -> broadcast::Receiver<Arc<Event>>;
+    /// Every event of `workspace` this instance sees, for the SSE stream.
+    fn watch(&self, workspace: &str) -> Watch;
+    /// The first event of `workspace` that `filter` accepts, for `wait`; register
+    /// before emitting what should answer it.
+    fn wait_for(&self, workspace: &str, filter: EventFilter) -> Waiter;
     /// Resolves once every event published so far has been handled (used by `sluice run`).
     fn settled(&self) -> BoxFuture<'_, ()>;
     /// Claims `key` for this instance: true for the first claim in the cluster
@@ -102,4 +141,27 @@ pub trait Bus: Send + Sync + 'static {
     /// Stops taking new events, then resolves once the events this instance
     /// took have been handled (or handed back to other instances).
     fn shutdown(&self) -> BoxFuture<'_, ()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_types() {
+        assert_eq!(check_event_type("user.created v2_x-y"), Ok(()));
+        assert_eq!(check_event_type("runtimes.x"), Ok(()));
+        assert!(matches!(
+            check_event_type("bad/name"),
+            Err(EventTypeError::Invalid(_))
+        ));
+        assert!(matches!(
+            check_event_type(""),
+            Err(EventTypeError::Invalid(_))
+        ));
+        let forged = check_event_type(EXECUTED).unwrap_err();
+        assert!(matches!(forged, EventTypeError::Reserved(_)));
+        let message = forged.to_string();
+        assert!(message.contains("reserved") && message.contains("letters, digits"));
+    }
 }

@@ -8,12 +8,14 @@
 //!   and after `ack_wait` JetStream redelivers them to another instance.
 //! - An instance never asks for more events than it has free slots (`max_inflight`),
 //!   so a slow or throttled instance takes less and the others take the rest.
-//! - Watchers (`wait`, SSE) read a plain core-NATS subscription to every event and
-//!   executed notification of the cluster, so they see other instances' events too.
+//! - Watchers (`wait`, SSE) are fed from a plain core-NATS subscription to every
+//!   event and executed notification of the cluster, so they see other instances'
+//!   events too; the feed task hands each event to its workspace's watchers only.
 //! - Claims (one run per schedule tick) use the deduplication window of a second
 //!   stream: the first publish of a message id is stored, later ones are duplicates.
 
-use super::{Bus, BusError, Event, EventHandler};
+use super::feeds::Feeds;
+use super::{Bus, BusError, Event, EventFilter, EventHandler, Waiter, Watch};
 use crate::config::NatsSettings;
 use crate::metrics::Metrics;
 use crate::value::{Map, Value};
@@ -31,11 +33,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::runtime::Handle;
-use tokio::sync::{broadcast, mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{AbortHandle, JoinHandle};
 
-/// How many events a slow watcher may fall behind before it misses some.
-const WATCH_CAPACITY: usize = 4096;
 /// Executed notifications queued for publishing; beyond that they are dropped
 /// (they are informational, and a stalled connection must not grow memory).
 const NOTIFY_CAPACITY: usize = 4096;
@@ -143,7 +143,7 @@ pub struct NatsBus {
     settings: NatsSettings,
     metrics: Arc<Metrics>,
     runtime: Handle,
-    watchers: broadcast::Sender<Arc<Event>>,
+    feeds: Arc<Feeds>,
     notifier: mpsc::Sender<Event>,
     work: Arc<Work>,
     puller: Mutex<Option<JoinHandle<()>>>,
@@ -290,8 +290,8 @@ impl NatsBus {
         .map_err(|e| broker("creating the claims stream")(&e))?;
 
         let runtime = Handle::current();
-        let watchers = broadcast::channel(WATCH_CAPACITY).0;
-        let feed = watch_feed(&client, watchers.clone()).await?;
+        let feeds = Arc::new(Feeds::default());
+        let feed = watch_feed(&client, feeds.clone()).await?;
         let (notifier, queue) = mpsc::channel(NOTIFY_CAPACITY);
         let notifications = runtime.spawn(publish_notifications(client.clone(), queue));
         Ok(NatsBus {
@@ -301,7 +301,7 @@ impl NatsBus {
             settings: settings.clone(),
             metrics,
             runtime: runtime.clone(),
-            watchers,
+            feeds,
             notifier,
             work: Arc::new(Work {
                 slots: Arc::new(Semaphore::new(settings.max_inflight)),
@@ -324,7 +324,7 @@ impl NatsBus {
 /// that feeds them to this instance's watchers.
 async fn watch_feed(
     client: &async_nats::Client,
-    watchers: broadcast::Sender<Arc<Event>>,
+    feeds: Arc<Feeds>,
 ) -> Result<impl std::future::Future<Output = ()>, BusError> {
     let events = client
         .subscribe("sluice.*.events.>")
@@ -337,9 +337,12 @@ async fn watch_feed(
     let mut feed = futures::stream::select(events, executed);
     Ok(async move {
         while let Some(message) = feed.next().await {
+            // No watcher is fine: the events are still handled by the consumer.
+            if !feeds.is_watched() {
+                continue;
+            }
             match decode(&message.payload) {
-                // No watcher is fine: the events are still handled by the consumer.
-                Ok(event) => drop(watchers.send(Arc::new(event))),
+                Ok(event) => feeds.send(&Arc::new(event)),
                 Err(e) => {
                     tracing::debug!(subject = %message.subject, error = %e, "ignoring a message that is not a sluice event")
                 }
@@ -555,7 +558,7 @@ impl Bus for NatsBus {
         *puller = Some(self.runtime.spawn(task.run()));
     }
 
-    fn publish(&self, event: Event) -> BoxFuture<'_, Result<(), BusError>> {
+    fn publish(&self, event: Event) -> BoxFuture<'_, Result<Duration, BusError>> {
         Box::pin(async move {
             let payload = encode(&event)?;
             let ack = self
@@ -566,10 +569,11 @@ impl Bus for NatsBus {
                 )
                 .await
                 .map_err(|e| broker("publishing an event")(&e))?;
-            // The event is stored before the emit returns.
+            // The event is stored before the emit returns; JetStream does the
+            // queueing, so the emitter never waits for room here.
             ack.await
                 .map_err(|e| broker("storing an event")(&e))
-                .map(drop)
+                .map(|_| Duration::ZERO)
         })
     }
 
@@ -584,8 +588,12 @@ impl Bus for NatsBus {
         true
     }
 
-    fn watch(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.watchers.subscribe()
+    fn watch(&self, workspace: &str) -> Watch {
+        self.feeds.watch(workspace)
+    }
+
+    fn wait_for(&self, workspace: &str, filter: EventFilter) -> Waiter {
+        self.feeds.wait_for(workspace, filter)
     }
 
     fn settled(&self) -> BoxFuture<'_, ()> {

@@ -404,7 +404,18 @@ impl Compiler<'_> {
                     _ => Node::Const(Value::Undefined),
                 },
             },
-            "emit" => Kind::Emit(self.node(value)),
+            "emit" => {
+                // A literal type is checked now; a templated one when it runs.
+                if let Some(Value::String(kind)) = value.as_object().and_then(|m| m.get("event")) {
+                    if !kind.contains("{{") && !kind.contains("{%") {
+                        if let Err(e) = crate::bus::check_event_type(kind) {
+                            let at = self.locator.find(kind);
+                            self.report(at, e.to_string());
+                        }
+                    }
+                }
+                Kind::Emit(self.node(value))
+            }
             "wait" => Kind::Wait(self.node(value)),
             "fetch" => Kind::Fetch(self.node(value)),
             "createUserTopic" | "joinUserTopic" => self.invalid(
@@ -509,6 +520,15 @@ mod tests {
         assert_eq!(exprs, vec!["*/5 * * * *"]);
         assert_eq!(c.diagnostics.len(), 1);
         assert!(c.diagnostics[0].message.contains("every day"));
+    }
+
+    #[test]
+    fn emitting_a_runtime_event_is_a_diagnostic_at_its_type() {
+        let c = compile("do:\n  - emit:\n      event: runtime.automations.executed\n  - emit:\n      event: '{{t}}'\n");
+        assert_eq!(c.diagnostics.len(), 1);
+        let d = &c.diagnostics[0];
+        assert_eq!((d.line, d.column), (3, 14));
+        assert!(d.message.contains("reserved"), "{}", d.message);
     }
 
     #[test]

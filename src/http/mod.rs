@@ -6,7 +6,7 @@
 
 mod secrets;
 
-use crate::bus::EXECUTED;
+use crate::bus::{check_event_type, Watch};
 use crate::config::Settings;
 use crate::runtime::{Runtime, Start, Trigger};
 use crate::value::{Map, Value};
@@ -210,11 +210,8 @@ async fn ingest(State(state): State<AppState>, Path(ws): Path<String>, body: Byt
                 format!("event {i}: `type` must be a string"),
             );
         };
-        if !crate::runtime::valid_event_name(kind) || kind == EXECUTED {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("event {i}: invalid type `{kind}`: use letters, digits, spaces, `.`, `_` and `-`"),
-            );
+        if let Err(e) = check_event_type(kind) {
+            return error(StatusCode::BAD_REQUEST, format!("event {i}: {e}"));
         }
         let payload = match item.get("payload") {
             None | Some(serde_json::Value::Null) => Value::empty_object(),
@@ -245,32 +242,35 @@ async fn stream(State(state): State<AppState>, Path(ws): Path<String>) -> Respon
     if state.runtime.workspace(&ws).is_none() {
         return error(StatusCode::NOT_FOUND, format!("unknown workspace `{ws}`"));
     }
-    let feed = state.runtime.bus().watch();
-    Sse::new(events_of(feed, ws))
+    let feed = state.runtime.bus().watch(&ws);
+    Sse::new(events_of(feed))
         .keep_alive(KeepAlive::default())
         .into_response()
 }
 
-/// The events of one workspace as SSE messages; a client that falls too far
-/// behind skips what it missed rather than stalling the bus.
-fn events_of(
-    feed: broadcast::Receiver<Arc<crate::bus::Event>>,
-    ws: String,
-) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    futures::stream::unfold((feed, ws), |(mut feed, ws)| async move {
-        loop {
-            match feed.recv().await {
-                Ok(e) if e.workspace == ws => {
-                    let json = e.to_value().to_json();
-                    let message = SseEvent::default()
-                        .id(e.id.clone())
-                        .event(e.kind.clone())
-                        .data(json.to_string());
-                    return Some((Ok(message), (feed, ws)));
-                }
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
+/// The events of one workspace as SSE messages. A client that falls too far
+/// behind gets an `event: lagged` message saying how many events it missed, and
+/// the stream ends: it never sees a feed with silent holes, and it can reconnect.
+fn events_of(feed: Watch) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    futures::stream::unfold(Some(feed), |feed| async move {
+        let mut feed = feed?;
+        match feed.recv().await {
+            Ok(e) => {
+                let json = e.to_value().to_json();
+                let message = SseEvent::default()
+                    .id(e.id.clone())
+                    .event(e.kind.clone())
+                    .data(json.to_string());
+                Some((Ok(message), Some(feed)))
             }
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::info!(missed, "SSE client lagging behind: disconnected");
+                let message = SseEvent::default()
+                    .event("lagged")
+                    .data(serde_json::json!({"missed": missed}).to_string());
+                Some((Ok(message), None))
+            }
+            Err(broadcast::error::RecvError::Closed) => None,
         }
     })
 }
@@ -293,4 +293,50 @@ async fn metrics(State(state): State<AppState>) -> Response {
         state.runtime.metrics().render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::{Bus, EmbeddedBus, Event, EventHandler, WATCH_CAPACITY};
+    use futures::future::BoxFuture;
+
+    struct NoListeners;
+
+    impl EventHandler for NoListeners {
+        fn handle(&self, _: Arc<Event>) -> BoxFuture<'static, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    fn event(n: usize) -> Event {
+        Event {
+            id: format!("e{n}"),
+            workspace: "ws".into(),
+            kind: "tick".into(),
+            payload: Value::empty_object(),
+            source: Map::new(),
+            created_at: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lagging_client_is_told_and_disconnected() {
+        let bus = EmbeddedBus::new();
+        bus.start(Arc::new(NoListeners));
+        let sse = Sse::new(events_of(bus.watch("ws"))).into_response();
+        let extra = 10;
+        for n in 0..WATCH_CAPACITY + extra {
+            bus.notify(event(n));
+        }
+        // The whole body: the stream ends by itself after telling the client.
+        let body = axum::body::to_bytes(sse.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(
+            text,
+            format!("event: lagged\ndata: {{\"missed\":{extra}}}\n\n")
+        );
+    }
 }

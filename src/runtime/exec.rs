@@ -1,7 +1,7 @@
 //! One execution: its variables (the expression [`Scope`]) and its instructions.
 
 use super::budget::{self, Meter};
-use super::{now_iso, valid_event_name, ErrorKind, ExecError, Execution, Inner, RunState, Trigger};
+use super::{now_iso, ErrorKind, ExecError, Execution, Inner, RunState, Trigger};
 use crate::dsl::{Automation, Instruction, Kind, Node, VarName};
 use crate::expr::{get_path, loose_eq, parse_variable_name, Key, Scope};
 use crate::limits::{BudgetExceeded, Budgets, LimitKind, WorkspaceLimits};
@@ -584,12 +584,16 @@ impl<'a> Exec<'a> {
         let empty = Map::new();
         let m = args.as_object().unwrap_or(&empty);
         let kind = match m.get("event") {
-            Some(Value::String(s)) if valid_event_name(s) => s.to_string(),
+            Some(Value::String(s)) => {
+                crate::bus::check_event_type(s)
+                    .map_err(|e| ExecError::new(ErrorKind::InvalidEvent, e.to_string()))?;
+                s.to_string()
+            }
             other => {
                 return Err(ExecError::new(
                     ErrorKind::InvalidEvent,
                     format!(
-                        "invalid event name {}: use letters, digits, spaces, `.`, `_` and `-`",
+                        "invalid event type {}: `event` must be a string of letters, digits, spaces, `.`, `_` and `-`",
                         other
                             .map(|v| v.to_json_string())
                             .unwrap_or_else(|| "(missing)".into())
@@ -635,7 +639,9 @@ impl<'a> Exec<'a> {
                 ),
             ));
         }
-        self.rt.publish(event).await?;
+        let waited = self.rt.publish(event).await?;
+        self.rt
+            .throttled(&self.ws.id, LimitKind::Emits, waited, &self.throttled);
         Ok(value)
     }
 
@@ -656,21 +662,24 @@ impl<'a> Exec<'a> {
         self.rt.event(&self.ws.id, kind, payload, source)
     }
 
-    /// Publishes a native event (no `emits` token, as in the reference).
+    /// Publishes a native event (no `emits` token, as in the reference; a wait
+    /// for room on the bus still counts as throttled under `emits`).
     pub async fn native_event(&self, kind: &str, payload: Value) -> Result<(), ExecError> {
         let event = self.make_event(kind, payload);
-        self.rt.publish(event).await
+        let waited = self.rt.publish(event).await?;
+        self.rt
+            .throttled(&self.ws.id, LimitKind::Emits, waited, &self.throttled);
+        Ok(())
     }
 
     async fn wait(&self, args: &Value) -> Result<Value, ExecError> {
-        // Subscribe before anything else: only events emitted after the wait
-        // started count, and `all` starts the emit right after this first poll.
-        let mut feed = self.rt.bus.watch();
+        // No await before the waiter is registered: only events emitted after the
+        // wait started count, and `all` starts the emit right after this first poll.
         let empty = Map::new();
         let m = args.as_object().unwrap_or(&empty);
         let timeout = self.wait_timeout(m.get("timeout"))?;
-        let one_of: Vec<&Map> = match m.get("oneOf") {
-            Some(Value::List(l)) => l.iter().filter_map(Value::as_object).collect(),
+        let one_of: Vec<Map> = match m.get("oneOf") {
+            Some(Value::List(l)) => l.iter().filter_map(Value::as_object).cloned().collect(),
             _ => Vec::new(),
         };
         if one_of.is_empty() {
@@ -681,33 +690,31 @@ impl<'a> Exec<'a> {
         let cancelling: Vec<Map> = one_of
             .iter()
             .filter(|c| matches!(c.get("cancelTriggers"), Some(Value::Bool(true))))
-            .map(|c| (*c).clone())
+            .cloned()
             .collect();
         let _cancel =
             (!cancelling.is_empty()).then(|| self.rt.cancels.register(&self.ws.id, cancelling));
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let event = match tokio::time::timeout_at(deadline, feed.recv()).await {
-                Err(_) => return Ok(Value::Undefined),
-                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
-                Ok(Err(_)) => return Ok(Value::Undefined),
-                Ok(Ok(e)) => e,
-            };
-            // Most events are of other types: skip them before building their value.
-            if event.workspace != self.ws.id
-                || !one_of
+        // The bus runs the filter on this workspace's events and sends only the
+        // first match here, so no flood can push the awaited event out.
+        let mut waiter = self.rt.bus.wait_for(
+            &self.ws.id,
+            Box::new(move |event: &crate::bus::Event| {
+                // Most events are of other types: skip them before building their value.
+                if !one_of
                     .iter()
                     .any(|c| c.get("event").and_then(Value::as_str) == Some(&event.kind))
-            {
-                continue;
-            }
-            let value = event.to_value();
-            if one_of
-                .iter()
-                .any(|c| matches_condition(c, &event.kind, &value))
-            {
-                return Ok(value);
-            }
+                {
+                    return false;
+                }
+                let value = event.to_value();
+                one_of
+                    .iter()
+                    .any(|c| matches_condition(c, &event.kind, &value))
+            }),
+        );
+        match tokio::time::timeout(timeout, waiter.recv()).await {
+            Ok(Some(event)) => Ok(event.to_value()),
+            Err(_) | Ok(None) => Ok(Value::Undefined),
         }
     }
 }
@@ -1072,12 +1079,5 @@ mod tests {
         delete_in_map(&mut m, &keys("l[1]"));
         delete_in_map(&mut m, &keys("missing.deep.path"));
         assert_eq!(Value::object(m).to_json(), json!({"l": [1, 3]}));
-    }
-
-    #[test]
-    fn event_names() {
-        assert!(valid_event_name("user.created v2_x-y"));
-        assert!(!valid_event_name("bad/name"));
-        assert!(!valid_event_name(""));
     }
 }

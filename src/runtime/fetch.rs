@@ -1,5 +1,7 @@
 //! The `fetch` instruction (DSUL §7.10): HTTP requests with reqwest, a size cap
-//! on responses, and `runtime.fetch.failed` events for 4xx/5xx answers.
+//! on responses, `runtime.fetch.failed` events for 4xx/5xx answers, and a bound
+//! on the requests open at once to one host (`fetch.max_connections_per_host`),
+//! so a fan-out cannot open thousands of sockets.
 
 use super::exec::Exec;
 use super::{ErrorKind, ExecError};
@@ -8,6 +10,10 @@ use crate::value::{Map, Value};
 use base64::Engine;
 use futures::StreamExt;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Native event sent when a fetch gets a 4xx/5xx answer.
 const FETCH_FAILED: &str = "runtime.fetch.failed";
@@ -22,6 +28,68 @@ fn invalid(message: impl Into<String>) -> ExecError {
 /// A value as a header or query string value.
 fn text(v: &Value) -> String {
     crate::expr::to_template_string(v)
+}
+
+/// The requests open at once per host. A host's entry goes with its last
+/// request, so the map only ever holds hosts with requests open or waiting.
+#[derive(Default)]
+pub(super) struct Hosts {
+    open: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// One open request to a host; dropping it lets the next one in.
+pub(super) struct HostPermit<'a> {
+    hosts: &'a Hosts,
+    key: String,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Hosts {
+    /// Waits until fewer than `max` requests to `url`'s host are open, and
+    /// returns the permit and how long that took.
+    pub(super) async fn open(&self, url: &reqwest::Url, max: usize) -> (HostPermit<'_>, Duration) {
+        let key = format!(
+            "{}://{}:{}",
+            url.scheme(),
+            url.host_str().unwrap_or(""),
+            url.port_or_known_default().unwrap_or(0)
+        );
+        // Declared first so it drops last: a cancelled wait still forgets an idle host.
+        let mut permit = HostPermit {
+            hosts: self,
+            key,
+            permit: None,
+        };
+        let semaphore = self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(permit.key.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(max.clamp(1, Semaphore::MAX_PERMITS))))
+            .clone();
+        if let Ok(p) = semaphore.clone().try_acquire_owned() {
+            permit.permit = Some(p);
+            return (permit, Duration::ZERO);
+        }
+        let started = tokio::time::Instant::now();
+        // Never closed: the semaphore lives as long as someone holds or awaits it.
+        permit.permit = semaphore.acquire_owned().await.ok();
+        (permit, started.elapsed())
+    }
+}
+
+impl Drop for HostPermit<'_> {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        let mut open = self.hosts.open.lock().unwrap_or_else(|p| p.into_inner());
+        // Held only by the map: nobody has a request open nor waits for one.
+        if open
+            .get(&self.key)
+            .is_some_and(|s| Arc::strong_count(s) == 1)
+        {
+            open.remove(&self.key);
+        }
+    }
 }
 
 struct Response {
@@ -116,9 +184,15 @@ impl Exec<'_> {
         };
 
         self.take(LimitKind::Fetchs, 1).await;
+        let max = self.rt.settings.fetch.max_connections_per_host;
+        let (host, waited) = self.rt.hosts.open(&url, max).await;
+        self.rt
+            .throttled(&self.ws.id, LimitKind::Fetchs, waited, &self.throttled);
         let response = self
             .send(&method, &url, &headers, body_bytes, multipart)
-            .await?;
+            .await;
+        drop(host);
+        let response = response?;
 
         let emit_errors = !matches!(m.get("emitErrors"), Some(Value::Bool(false)));
         let body = decode_body(&response);
@@ -171,6 +245,9 @@ impl Exec<'_> {
         let Some(event) = stream.get("event").and_then(Value::as_str) else {
             return Ok(());
         };
+        // The name is the tenant's, even though the chunks go out as native events.
+        crate::bus::check_event_type(event)
+            .map_err(|e| ExecError::new(ErrorKind::InvalidEvent, e.to_string()))?;
         let concat_path = stream
             .get("concatenate")
             .and_then(Value::as_object)
@@ -439,4 +516,32 @@ fn to_form(parts: &[Part]) -> Result<reqwest::multipart::Form, ExecError> {
         form = form.part(p.name.clone(), part);
     }
     Ok(form)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    #[tokio::test]
+    async fn requests_to_one_host_are_bounded_and_idle_hosts_forgotten() {
+        let hosts = Hosts::default();
+        let a = reqwest::Url::parse("http://a.test/x").unwrap();
+        let a_again = reqwest::Url::parse("http://a.test:80/y?z").unwrap();
+        let b = reqwest::Url::parse("http://b.test/").unwrap();
+        let (first, _) = hosts.open(&a, 2).await;
+        let (second, _) = hosts.open(&a_again, 2).await;
+        // Another host has its own bound.
+        let (other, waited) = hosts.open(&b, 2).await;
+        assert_eq!(waited, Duration::ZERO);
+        let mut third = Box::pin(hosts.open(&a, 2));
+        assert!((&mut third).now_or_never().is_none());
+        drop(first);
+        let (third, _) = third.await;
+        let mut cancelled = Box::pin(hosts.open(&a, 2));
+        assert!((&mut cancelled).now_or_never().is_none());
+        drop(cancelled);
+        drop((second, third, other));
+        assert!(hosts.open.lock().unwrap().is_empty());
+    }
 }

@@ -128,6 +128,8 @@ struct Inner {
     /// Built on the first fetch: loading the system's CA store costs
     /// milliseconds that runs without a fetch should not pay.
     http: OnceLock<reqwest::Client>,
+    /// Requests open per host, bounded by `fetch.max_connections_per_host`.
+    hosts: fetch::Hosts,
     runs: contexts::RunRegistry,
     replica: String,
     recorder: Mutex<Option<Vec<Event>>>,
@@ -175,6 +177,7 @@ impl Runtime {
                 limits,
                 settings,
                 http: OnceLock::new(),
+                hosts: fetch::Hosts::default(),
                 runs: contexts::RunRegistry::default(),
                 replica: format!("{}-{}", hostname(), std::process::id()),
                 recorder: Mutex::new(None),
@@ -335,7 +338,7 @@ impl Runtime {
             Value::str(self.inner.new_id().as_str()),
         );
         let event = self.inner.event(workspace, kind, payload, source);
-        self.inner.publish(event).await
+        self.inner.publish(event).await.map(drop)
     }
 }
 
@@ -360,6 +363,7 @@ impl Inner {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(self.settings.fetch.timeout_ms))
             .user_agent(self.settings.fetch.user_agent.clone())
+            .pool_max_idle_per_host(self.settings.fetch.max_connections_per_host)
             .build()
             .map_err(|e| ExecError::new(ErrorKind::Internal, format!("HTTP client: {e}")))?;
         Ok(self.http.get_or_init(|| client))
@@ -381,7 +385,8 @@ impl Inner {
         }
     }
 
-    async fn publish(&self, event: Event) -> Result<(), ExecError> {
+    /// Publishes `event` and returns how long the bus made it wait for room.
+    async fn publish(&self, event: Event) -> Result<Duration, ExecError> {
         if let Some(rec) = self
             .recorder
             .lock()
@@ -597,13 +602,6 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "sluice".into())
-}
-
-/// Whether `s` is a valid event name: letters, digits, spaces, `.`, `_`, `-`.
-pub fn valid_event_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '.' | '_' | '-'))
 }
 
 /// The current time as ISO 8601 with milliseconds (`2026-11-22T15:03:42.056Z`).

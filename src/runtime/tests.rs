@@ -245,7 +245,7 @@ async fn validate_arguments_refuses_bad_types() {
 #[tokio::test]
 async fn executed_event_has_the_spec_shape() {
     let f = fixture(&[("main", "do: []\noutput: {a: 1}\n")]);
-    let mut feed = f.rt.bus().watch();
+    let mut feed = f.rt.bus().watch("ws");
     f.run("main", json!({"body": {"x": 1}})).await.unwrap();
     let e = feed.recv().await.unwrap();
     assert_eq!(e.kind, crate::bus::EXECUTED);
