@@ -7,11 +7,13 @@
 //! out and expands template text coming from data, with a bounded number of
 //! passes instead of the reference's endless loop. As in the reference, the
 //! re-scan looks for `{{ }}` only: `{% %}` text coming from data is never
-//! evaluated.
+//! evaluated. No rendered string, in any pass, grows past the execution's
+//! `max_string_bytes` budget.
 
-use super::eval::Expr;
-use super::jsfmt::push_template_string;
+use super::eval::{string_too_long, Expr};
+use super::jsfmt::{push_template_string, push_within, TooLong};
 use super::{parse_variable_name, ExprError, Key, Scope};
+use crate::limits::Budgets;
 use crate::value::Value;
 use std::sync::Arc;
 
@@ -75,29 +77,40 @@ impl Template {
 
     /// Renders per DSUL §4: a lone template keeps its value's type.
     pub fn render(&self, scope: &dyn Scope) -> Result<Value, ExprError> {
-        self.render_pass(scope, 0, &self.text)
+        match &self.kind {
+            Kind::Literal => Ok(Value::String(self.text.clone())),
+            Kind::LoneVar(keys) => Ok(scope.lookup(keys)),
+            Kind::LoneExpr(e) => e.eval(scope),
+            Kind::Mixed(_) => self.render_pass(scope, &scope.budgets(), 0, &self.text),
+        }
     }
 
     /// One pass; `origin` is the text the caller asked for, named in a runaway error.
     fn render_pass(
         &self,
         scope: &dyn Scope,
+        budgets: &Budgets,
         pass: usize,
         origin: &str,
     ) -> Result<Value, ExprError> {
         let segments = match &self.kind {
             Kind::Literal => return Ok(Value::String(self.text.clone())),
             Kind::LoneVar(keys) => return Ok(scope.lookup(keys)),
-            Kind::LoneExpr(e) => return e.eval(scope),
+            Kind::LoneExpr(e) => return e.eval_within(scope, budgets),
             Kind::Mixed(segments) => segments,
         };
+        let max = budgets.max_string_bytes;
+        let too_long = |TooLong(len)| ExprError::Budget(string_too_long(budgets, len));
         let mut out = String::with_capacity(self.text.len() + 16);
         for seg in segments {
-            match seg {
-                Segment::Text(t) => out.push_str(t),
-                Segment::Var(keys) => push_template_string(&mut out, &scope.lookup(keys)),
-                Segment::Expr(e) => push_template_string(&mut out, &e.eval(scope)?),
-            }
+            let pushed = match seg {
+                Segment::Text(t) => push_within(&mut out, t, max),
+                Segment::Var(keys) => push_template_string(&mut out, &scope.lookup(keys), max),
+                Segment::Expr(e) => {
+                    push_template_string(&mut out, &e.eval_within(scope, budgets)?, max)
+                }
+            };
+            pushed.map_err(too_long)?;
         }
         if !out.contains("{{") {
             return Ok(Value::str(out));
@@ -109,7 +122,7 @@ impl Template {
         if pass + 1 >= MAX_PASSES {
             return Err(ExprError::Runaway(origin.to_string()));
         }
-        next.render_pass(scope, pass + 1, origin)
+        next.render_pass(scope, budgets, pass + 1, origin)
     }
 }
 
