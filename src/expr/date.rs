@@ -435,6 +435,39 @@ mod tests {
     }
 
     #[test]
+    fn out_of_range_and_oversized_dates_are_invalid_not_panics() {
+        let long = format!("2022-04-13T08:36:05.{}Z", "4".repeat(300));
+        assert_eq!(parse_date_string(&long), None);
+        assert_eq!(parse_date_string(&"9".repeat(10_000)), None);
+        assert_eq!(parse_date_string("+275760-09-13T00:00:00.001Z"), None);
+        assert_eq!(
+            parse_date_string("2022-04-13T24:00:00Z"),
+            Some(1649894400000.0)
+        );
+        for text in [
+            "date(1e400).iso",
+            "date(-1e400).year",
+            "date(8640000000000001).iso",
+            "date(0/0).ts",
+        ] {
+            let v = ev(text);
+            assert!(
+                matches!(&v, Value::Number(n) if n.is_nan())
+                    || v.is_undefined()
+                    || v == Value::str("Invalid Date"),
+                "{text}: {v:?}"
+            );
+        }
+        // Near both ends of chrono's range, shifted by a zone's offset past them.
+        for text in [
+            "date(8200000000000000, \"YYYY-MM-DD\", \"en\", \"Pacific/Kiritimati\")",
+            "date(\"-262143-01-01\", \"YYYY\", \"en\", \"Pacific/Kiritimati\")",
+        ] {
+            assert!(matches!(ev(text), Value::String(_)), "{text}");
+        }
+    }
+
+    #[test]
     fn formats_like_dayjs() {
         assert_eq!(ev("date({{t}}, \"LT\")"), Value::str("7:07 PM"));
         assert_eq!(ev("date({{t}}, \"LT\", \"fr\")"), Value::str("19:07"));

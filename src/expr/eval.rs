@@ -885,6 +885,51 @@ mod tests {
     }
 
     #[test]
+    fn regex_cache_stays_bounded() {
+        let budgets = Budgets::default();
+        for i in 0..1000 {
+            CompiledRegex::source(&format!("^x{i}$"), &budgets).unwrap();
+        }
+        // Past the source bound a pattern is compiled but not kept.
+        CompiledRegex::source(&"y".repeat(REGEX_CACHE_SOURCE_BYTES + 1), &budgets).unwrap();
+        let (entries, longest) = REGEX_CACHE.with(|c| {
+            let c = c.borrow();
+            (c.len(), c.keys().map(|k| k.0.len()).max().unwrap_or(0))
+        });
+        assert!(entries <= REGEX_CACHE_ENTRIES, "{entries}");
+        assert!(longest <= REGEX_CACHE_SOURCE_BYTES, "{longest}");
+    }
+
+    #[test]
+    fn literal_regexes_over_max_regex_bytes_are_syntax_errors() {
+        for text in [
+            "{{s}} matches \"(a{1000}){1000}\"",
+            "{{s}} matches regex(/(a{1000}){1000}/i)",
+        ] {
+            match Expr::parse(text) {
+                Err(ExprError::Syntax { message, .. }) => {
+                    assert!(message.contains("budgets.max_regex_bytes"), "{message}")
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn huge_numbers_and_division_by_zero_follow_javascript() {
+        assert_eq!(num("1e400 * 1"), f64::INFINITY);
+        assert_eq!(num("-1e400 * 1"), f64::NEG_INFINITY);
+        assert_eq!(num("\"1e400\" * 1"), f64::INFINITY);
+        assert_eq!(num("1/0"), f64::INFINITY);
+        assert_eq!(num("-1/0"), f64::NEG_INFINITY);
+        assert!(num("0/0").is_nan());
+        assert!(num("1 % 0").is_nan());
+        assert_eq!(num("99999999999999999999999999999999999999 * 1"), 1e38);
+        assert_eq!(ev("1/0 + \"\""), Value::str("Infinity"));
+        assert_eq!(num("{{list[1e400]}} + 1").to_bits(), f64::NAN.to_bits());
+    }
+
+    #[test]
     fn js_equality_helpers() {
         let l = Value::from(json!([1]));
         assert!(loose_eq(&l, &l));

@@ -200,6 +200,7 @@ fn expr_close(b: &[u8], open: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::expr::Expr;
 
     use serde_json::json;
 
@@ -420,5 +421,129 @@ mod tests {
         assert!(Template::parse("").unwrap().is_literal());
         assert!(!Template::parse("a {{b}}").unwrap().is_literal());
         assert!(!Template::parse("{% 1 %}").unwrap().is_literal());
+    }
+
+    /// A scope with tiny budgets, as a workspace override would give.
+    struct Tiny {
+        vars: Value,
+        budgets: Budgets,
+    }
+
+    impl Scope for Tiny {
+        fn lookup(&self, path: &[Key]) -> Value {
+            crate::expr::get_path(&self.vars, path)
+        }
+
+        fn budgets(&self) -> Budgets {
+            self.budgets
+        }
+    }
+
+    fn tiny(vars: serde_json::Value) -> Tiny {
+        Tiny {
+            vars: Value::from(vars),
+            budgets: Budgets {
+                max_string_bytes: 20,
+                max_entries: 5,
+                max_regex_bytes: 10_000,
+                ..Budgets::default()
+            },
+        }
+    }
+
+    fn over_budget(text: &str, scope: &dyn Scope) -> &'static str {
+        match Template::parse(text).unwrap().render(scope) {
+            Err(ExprError::Budget(e)) => e.name,
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_string_doubled_40_times_hits_max_string_bytes() {
+        let doubled = Template::parse("{{s}}{{s}}").unwrap();
+        let mut s = Value::str("0123456789abcdef");
+        for round in 0..40 {
+            let mut vars = crate::value::Map::new();
+            vars.insert("s".into(), s.clone());
+            match doubled.render(&Value::object(vars)) {
+                Ok(v) => s = v,
+                Err(ExprError::Budget(e)) => {
+                    assert_eq!(e.name, "max_string_bytes");
+                    assert_eq!(e.found, 32 << round);
+                    assert!(e.to_string().contains("a string of 16777216 bytes"), "{e}");
+                    return;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("40 doublings stayed under max_string_bytes");
+    }
+
+    #[test]
+    fn scope_budgets_bound_every_string_an_expression_builds() {
+        let scope = tiny(json!({
+            "s": "0123456789", "l": ["0123456789", "0123456789", "x"], "o": {"k": "0123456789"},
+            "big": "0123456789012345678901234567890", "q": "a=1&b=2&c=3&d=4&e=5&f=6",
+        }));
+        assert_eq!(render_in("{{s}}!", &scope), Value::str("0123456789!"));
+        for text in [
+            "{{s}}{{s}}!",
+            "a {{s}} {{s}}",
+            "x{{o}}",
+            "{% {{s}} + {{s}} + 1 %}",
+            "{% join({{l}}, \",\") %}",
+            "{% replace({{s}}, \"9\", \"$`$`\") %}",
+            "{% json({{o}}) + {{s}} %}",
+            "{% json({{l}}) %}",
+            "{% upper({{big}}) %}",
+            "{% truncate({{big}}, 15, \"......\") %}",
+            "{% URLSearchParams({{o}}).asString + {{s}} %}",
+            "{% date(0, \"LLLL LLLL\", \"en\", \"UTC\") %}",
+        ] {
+            assert_eq!(over_budget(text, &scope), "max_string_bytes", "{text}");
+        }
+        assert_eq!(
+            over_budget("{% split({{s}}, \"\") %}", &scope),
+            "max_entries"
+        );
+        assert_eq!(
+            over_budget("{% URLSearchParams({{q}}).asJSON %}", &scope),
+            "max_entries"
+        );
+        assert_eq!(
+            render_in("{% split(\"a,b\", \",\") %}", &scope),
+            Value::from(json!(["a", "b"]))
+        );
+    }
+
+    #[test]
+    fn rescans_stop_at_max_string_bytes() {
+        let scope = tiny(json!({"a": "{{b}}{{b}}", "b": "0123456789"}));
+        assert_eq!(over_budget("{{a}}.", &scope), "max_string_bytes");
+    }
+
+    fn render_in(text: &str, scope: &dyn Scope) -> Value {
+        Template::parse(text).unwrap().render(scope).unwrap()
+    }
+
+    #[test]
+    fn run_time_regexes_stay_within_max_regex_bytes() {
+        let scope = tiny(json!({
+            "s": "aaa", "long": "a".repeat(10_001), "huge": "(a{100}){100}", "ok": "^a+$",
+            "q": {"x": {"$regex": "(b{100}){100}"}},
+        }));
+        assert_eq!(
+            render_in("{% {{s}} matches {{ok}} %}", &scope),
+            Value::Bool(true)
+        );
+        for text in [
+            "{% {{s}} matches {{long}} %}",
+            "{% {{s}} matches {{huge}} %}",
+            "{% {{s}} matches regex({{huge}}) %}",
+            "{% {{s}} matches regex(/x{{long}}/i) %}",
+            "{% jsonmatch({{q}}, {{q}}) %}",
+        ] {
+            assert_eq!(over_budget(text, &scope), "max_regex_bytes", "{text}");
+        }
     }
 }
