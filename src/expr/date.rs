@@ -3,10 +3,12 @@
 //! formatting with the localized formats of the `en` and `fr` locales.
 //!
 //! Date-times written without an offset are read as UTC (the reference reads
-//! them in the server's zone, which is UTC in its containers).
+//! them in the server's zone, which is UTC in its containers). Date text longer
+//! than [`MAX_DATE_TEXT`] is an invalid date, and a formatted date stops at the
+//! `max_string_bytes` budget.
 
 use super::eval::Cx;
-use super::jsfmt::js_to_string;
+use super::jsfmt::{js_to_string, push_within, TooLong};
 use super::ExprError;
 use crate::value::Value;
 use chrono::{DateTime, Datelike, NaiveDate, Offset, Timelike, Utc};
@@ -16,6 +18,9 @@ use std::sync::{LazyLock, OnceLock};
 
 /// JavaScript's largest representable time, in ms either side of the epoch.
 const MAX_TIME_MS: f64 = 8.64e15;
+
+/// The longest text read as a date; every date form JavaScript parses is far shorter.
+const MAX_DATE_TEXT: usize = 256;
 
 pub(crate) fn date(cx: &Cx<'_>, args: &[Value], field: Option<&str>) -> Result<Value, ExprError> {
     let ms = args.first().and_then(to_epoch_ms);
@@ -32,7 +37,13 @@ pub(crate) fn date(cx: &Cx<'_>, args: &[Value], field: Option<&str>) -> Result<V
             .parse()
             .map_err(|_| cx.fail(format!("Invalid time zone specified: {tz_name}")))?;
         return Ok(Value::str(match ms.and_then(utc) {
-            Some(dt) => format_date(&dt.with_timezone(&tz), format, locale_of(&locale)),
+            Some(dt) => format_date(
+                &dt.with_timezone(&tz),
+                format,
+                locale_of(&locale),
+                cx.budgets.max_string_bytes,
+            )
+            .map_err(|e| cx.too_long(e))?,
             None => "Invalid Date".to_string(),
         }));
     }
@@ -93,6 +104,9 @@ static ISO: LazyLock<Option<Regex>> = LazyLock::new(|| {
 /// `Date.parse`: ISO 8601 forms, then RFC 2822.
 fn parse_date_string(s: &str) -> Option<f64> {
     let s = s.trim();
+    if s.len() > MAX_DATE_TEXT {
+        return None;
+    }
     if let Some(caps) = ISO.as_ref().and_then(|re| re.captures(s)) {
         let num = |i: usize, default: u32| {
             caps.get(i)
@@ -226,15 +240,34 @@ static TOKENS: LazyLock<Option<Regex>> = LazyLock::new(|| {
     .ok()
 });
 
+/// Replaces every match of `re` in `text` by `with(match)`, stopping once past `max` bytes.
+fn replace_within(
+    re: &Regex,
+    text: &str,
+    max: usize,
+    mut with: impl FnMut(&regex::Captures<'_>, &mut String) -> Result<(), TooLong>,
+) -> Result<String, TooLong> {
+    let mut out = String::with_capacity(text.len().min(max));
+    let mut last = 0;
+    for caps in re.captures_iter(text) {
+        let Some(m) = caps.get(0) else { continue };
+        push_within(&mut out, &text[last..m.start()], max)?;
+        with(&caps, &mut out)?;
+        last = m.end();
+    }
+    push_within(&mut out, &text[last..], max)?;
+    Ok(out)
+}
+
 /// day.js `localizedFormat`: `L`-style tokens expand; lowercase ones use short names.
-fn expand_localized(format: &str, locale: &Locale) -> String {
+fn expand_localized(format: &str, locale: &Locale, max: usize) -> Result<String, TooLong> {
     let Some(re) = LOCALIZED.as_ref() else {
-        return format.to_string();
+        return Ok(format.to_string());
     };
-    re.replace_all(format, |c: &regex::Captures<'_>| {
+    replace_within(re, format, max, |c, out| {
         let m = &c[0];
         if m.starts_with('[') {
-            return m.to_string();
+            return push_within(out, m, max);
         }
         let upper = m.to_ascii_uppercase();
         let f = match upper.as_str() {
@@ -246,12 +279,11 @@ fn expand_localized(format: &str, locale: &Locale) -> String {
             _ => locale.formats[5],
         };
         if m.starts_with('l') {
-            shorten(f)
+            push_within(out, &shorten(f), max)
         } else {
-            f.to_string()
+            push_within(out, f, max)
         }
     })
-    .into_owned()
 }
 
 /// day.js derives `l` formats by dropping one letter of MMMM, MM, DD and dddd.
@@ -273,10 +305,16 @@ fn shorten(format: &str) -> String {
     out
 }
 
-fn format_date(dt: &DateTime<Tz>, format: &str, locale: &Locale) -> String {
-    let format = expand_localized(format, locale);
+/// day.js `format`, in at most `max` bytes.
+fn format_date(
+    dt: &DateTime<Tz>,
+    format: &str,
+    locale: &Locale,
+    max: usize,
+) -> Result<String, TooLong> {
+    let format = expand_localized(format, locale, max)?;
     let Some(re) = TOKENS.as_ref() else {
-        return format;
+        return Ok(format);
     };
     let offset = dt.offset().fix().local_minus_utc();
     let zone = |sep: &str| {
@@ -290,11 +328,11 @@ fn format_date(dt: &DateTime<Tz>, format: &str, locale: &Locale) -> String {
     };
     let month = dt.month0() as usize;
     let weekday = dt.weekday().num_days_from_sunday() as usize;
-    re.replace_all(&format, |c: &regex::Captures<'_>| {
+    replace_within(re, &format, max, |c, out| {
         if let Some(escaped) = c.get(1) {
-            return escaped.as_str().to_string();
+            return push_within(out, escaped.as_str(), max);
         }
-        match &c[0] {
+        let piece = match &c[0] {
             "YY" => format!("{:02}", dt.year().rem_euclid(100)),
             "YYYY" => format!("{:04}", dt.year()),
             "M" => (month + 1).to_string(),
@@ -321,9 +359,9 @@ fn format_date(dt: &DateTime<Tz>, format: &str, locale: &Locale) -> String {
             "Z" => zone(":"),
             "ZZ" => zone(""),
             other => other.to_string(),
-        }
+        };
+        push_within(out, &piece, max)
     })
-    .into_owned()
 }
 
 /// Used by tests to check a zone conversion without the environment.
@@ -335,7 +373,9 @@ fn format_at(ms: f64, format: &str, locale: &str, tz: &str) -> String {
         &tz.timestamp_millis_opt(ms as i64).unwrap(),
         format,
         locale_of(locale),
+        usize::MAX,
     )
+    .unwrap()
 }
 
 #[cfg(test)]
@@ -392,6 +432,39 @@ mod tests {
             Some(1649838965000.0)
         );
         assert_eq!(parse_date_string("2022-13-01"), None);
+    }
+
+    #[test]
+    fn out_of_range_and_oversized_dates_are_invalid_not_panics() {
+        let long = format!("2022-04-13T08:36:05.{}Z", "4".repeat(300));
+        assert_eq!(parse_date_string(&long), None);
+        assert_eq!(parse_date_string(&"9".repeat(10_000)), None);
+        assert_eq!(parse_date_string("+275760-09-13T00:00:00.001Z"), None);
+        assert_eq!(
+            parse_date_string("2022-04-13T24:00:00Z"),
+            Some(1649894400000.0)
+        );
+        for text in [
+            "date(1e400).iso",
+            "date(-1e400).year",
+            "date(8640000000000001).iso",
+            "date(0/0).ts",
+        ] {
+            let v = ev(text);
+            assert!(
+                matches!(&v, Value::Number(n) if n.is_nan())
+                    || v.is_undefined()
+                    || v == Value::str("Invalid Date"),
+                "{text}: {v:?}"
+            );
+        }
+        // Near both ends of chrono's range, shifted by a zone's offset past them.
+        for text in [
+            "date(8200000000000000, \"YYYY-MM-DD\", \"en\", \"Pacific/Kiritimati\")",
+            "date(\"-262143-01-01\", \"YYYY\", \"en\", \"Pacific/Kiritimati\")",
+        ] {
+            assert!(matches!(ev(text), Value::String(_)), "{text}");
+        }
     }
 
     #[test]

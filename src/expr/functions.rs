@@ -4,7 +4,7 @@
 //! `jsonmatch` in `jsonmatch.rs`.
 
 use super::eval::Cx;
-use super::jsfmt::{js_to_number, js_to_string, json_stringify};
+use super::jsfmt::{js_str, js_to_number, js_to_string, json_stringify, push_within, TooLong};
 use super::{date, jsonmatch, parse_variable_name, ExprError};
 use crate::value::{Map, Value};
 
@@ -75,27 +75,27 @@ pub(crate) fn call(
         Func::Floor => round_like(cx, &args, "floor", f64::floor)?,
         Func::Ceil => round_like(cx, &args, "ceil", f64::ceil)?,
         Func::Split => match (arg(0), arg(1)) {
-            (Value::String(s), Value::String(sep)) => split(&s, &sep),
+            (Value::String(s), Value::String(sep)) => split(cx, &s, &sep)?,
             _ => return Err(cx.fail("Bad split() arguments. Ex usage : split({{textVar}}, \",\")")),
         },
         Func::Join => match (arg(0), arg(1)) {
-            (Value::List(items), Value::String(sep)) => Value::str(
-                items
-                    .iter()
-                    .map(|i| if i.is_nullish() { String::new() } else { js_to_string(i) })
-                    .collect::<Vec<_>>()
-                    .join(&sep),
-            ),
+            (Value::List(items), Value::String(sep)) => {
+                join(&items, &sep, cx.budgets.max_string_bytes).map_err(|e| cx.too_long(e))?
+            }
             _ => return Err(cx.fail("Bad join() arguments. Ex usage : join({{someList}}, \",\")")),
         },
         Func::Json => match arg(0) {
             Value::String(s) => serde_json::from_str::<serde_json::Value>(&s)
                 .map(Value::from)
                 .map_err(|_| cx.fail("Invalid JSON syntax"))?,
-            other => json_stringify(&other).map_or(Value::Undefined, Value::str),
+            other => json_stringify(&other, cx.budgets.max_string_bytes)
+                .map_err(|e| cx.too_long(e))?
+                .map_or(Value::Undefined, Value::str),
         },
         Func::Replace => match (arg(0), arg(1), arg(2)) {
-            (Value::String(s), Value::String(p), Value::String(w)) => Value::str(replace_first(&s, &p, &w)),
+            (Value::String(s), Value::String(p), Value::String(w)) => Value::str(
+                replace_first(&s, &p, &w, cx.budgets.max_string_bytes).map_err(|e| cx.too_long(e))?,
+            ),
             _ => {
                 return Err(cx.fail(
                     "Bad replace() arguments. Ex usage : replace(\"hello world\", \"world\", \"you\")",
@@ -113,7 +113,9 @@ pub(crate) fn call(
         Func::JsonMatch => match (arg(0), arg(1)) {
             (_, Value::Object(query)) => match arg(0) {
                 Value::Object(_) | Value::List(_) | Value::Null => {
-                    Value::Bool(jsonmatch::matches(&arg(0), &query).map_err(|e| cx.fail(e))?)
+                    Value::Bool(
+                        jsonmatch::matches(&arg(0), &query, cx.budgets).map_err(|e| cx.failure(e))?,
+                    )
                 }
                 _ => Value::Bool(false),
             },
@@ -123,17 +125,38 @@ pub(crate) fn call(
                 ))
             }
         },
-        Func::UrlSearchParams => url_search_params(&arg(0), field),
+        Func::UrlSearchParams => url_search_params(cx, &arg(0), field)?,
+        // Case mapping can lengthen text (`ß` becomes `SS`), so the result is checked too.
         Func::Lower => match arg(0) {
-            Value::String(s) => Value::str(s.to_lowercase()),
+            Value::String(s) => sized(cx, s.to_lowercase())?,
             _ => return Err(cx.fail("Bad lower() arguments: a string is required")),
         },
         Func::Upper => match arg(0) {
-            Value::String(s) => Value::str(s.to_uppercase()),
+            Value::String(s) => sized(cx, s.to_uppercase())?,
             _ => return Err(cx.fail("Bad upper() arguments: a string is required")),
         },
         Func::Truncate => truncate(cx, &arg(0), &arg(1), &arg(2))?,
     })
+}
+
+/// `s` as a value, unless it is over the `max_string_bytes` budget.
+fn sized(cx: &Cx<'_>, s: String) -> Result<Value, ExprError> {
+    cx.check_len(s.len())?;
+    Ok(Value::str(s))
+}
+
+/// `Array.prototype.join`: nullish items are empty; stops once past `max` bytes.
+fn join(items: &[Value], sep: &str, max: usize) -> Result<Value, TooLong> {
+    let mut out = String::new();
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            push_within(&mut out, sep, max)?;
+        }
+        if !item.is_nullish() {
+            push_within(&mut out, &js_str(item), max)?;
+        }
+    }
+    Ok(Value::str(out))
 }
 
 /// `isArray("name")` and `isObject("name")` read the variable of that name.
@@ -200,7 +223,13 @@ fn round_like(
     }
 }
 
-fn split(s: &str, sep: &str) -> Value {
+fn split(cx: &Cx<'_>, s: &str, sep: &str) -> Result<Value, ExprError> {
+    let count = if sep.is_empty() {
+        s.encode_utf16().count()
+    } else {
+        s.matches(sep).count() + 1
+    };
+    cx.check_entries(count)?;
     let parts: Vec<Value> = if sep.is_empty() {
         s.encode_utf16()
             .map(|u| Value::str(String::from_utf16_lossy(&[u])))
@@ -208,37 +237,39 @@ fn split(s: &str, sep: &str) -> Value {
     } else {
         s.split(sep).map(Value::str).collect()
     };
-    Value::list(parts)
+    Ok(Value::list(parts))
 }
 
 /// `String.prototype.replace` with a string pattern: first occurrence, `$` patterns honoured.
-fn replace_first(s: &str, pattern: &str, with: &str) -> String {
+/// `` $` `` and `$'` repeat parts of `s`, so the result is checked against `max` as it grows.
+fn replace_first(s: &str, pattern: &str, with: &str, max: usize) -> Result<String, TooLong> {
     let Some(at) = s.find(pattern) else {
-        return s.to_string();
+        return Ok(s.to_string());
     };
     let end = at + pattern.len();
-    let mut out = String::with_capacity(s.len() + with.len());
+    let mut out = String::with_capacity((s.len() + with.len()).min(max));
     out.push_str(&s[..at]);
-    let mut chars = with.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '$' {
-            out.push(c);
-            continue;
-        }
-        match chars.peek() {
-            Some('$') => out.push('$'),
-            Some('&') => out.push_str(pattern),
-            Some('`') => out.push_str(&s[..at]),
-            Some('\'') => out.push_str(&s[end..]),
+    let mut rest = with;
+    while let Some(dollar) = rest.find('$') {
+        push_within(&mut out, &rest[..dollar], max)?;
+        let after = &rest[dollar + 1..];
+        let piece = match after.as_bytes().first() {
+            Some(b'$') => "$",
+            Some(b'&') => pattern,
+            Some(b'`') => &s[..at],
+            Some(b'\'') => &s[end..],
             _ => {
-                out.push('$');
+                push_within(&mut out, "$", max)?;
+                rest = after;
                 continue;
             }
-        }
-        chars.next();
+        };
+        push_within(&mut out, piece, max)?;
+        rest = &after[1..];
     }
-    out.push_str(&s[end..]);
-    out
+    push_within(&mut out, rest, max)?;
+    push_within(&mut out, &s[end..], max)?;
+    Ok(out)
 }
 
 /// JavaScript relative index resolution for `slice`.
@@ -292,33 +323,40 @@ fn truncate(cx: &Cx<'_>, s: &Value, len: &Value, ellipsis: &Value) -> Result<Val
         Value::Undefined => "...".to_string(),
         other => js_to_string(other),
     };
+    // `as` saturates: NaN and negatives keep no character, huge lengths keep them all.
     let max = if *len > 0.0 { *len as usize } else { 0 };
-    if s.chars().count() <= max {
+    let Some((cut, _)) = s.char_indices().nth(max) else {
         return Ok(Value::String(s.clone()));
-    }
-    let mut out: String = s.chars().take(max).collect();
+    };
+    cx.check_len(cut.saturating_add(ellipsis.len()))?;
+    let mut out = String::with_capacity(cut + ellipsis.len());
+    out.push_str(&s[..cut]);
     out.push_str(&ellipsis);
     Ok(Value::str(out))
 }
 
 /// `new URLSearchParams(x)` then `.asString` / `.asJSON`; failures give undefined.
-fn url_search_params(input: &Value, field: Option<&str>) -> Value {
+fn url_search_params(cx: &Cx<'_>, input: &Value, field: Option<&str>) -> Result<Value, ExprError> {
     let pairs: Vec<(String, String)> = match input {
-        Value::String(s) => parse_query(s),
+        Value::String(s) => {
+            // Every pair but the last ends at a `&`; counted before any is built.
+            cx.check_entries(s.bytes().filter(|b| *b == b'&').count() + 1)?;
+            parse_query(s)
+        }
         Value::Object(map) => map
             .iter()
             .map(|(k, v)| (k.clone(), js_to_string(v)))
             .collect(),
         Value::Undefined | Value::Null => Vec::new(),
-        _ => return Value::Undefined,
+        _ => return Ok(Value::Undefined),
     };
-    match field {
+    Ok(match field {
         Some("asString") => {
             let mut ser = form_urlencoded::Serializer::new(String::new());
             for (k, v) in &pairs {
                 ser.append_pair(k, v);
             }
-            Value::str(ser.finish())
+            sized(cx, ser.finish())?
         }
         Some("asJSON") if matches!(input, Value::String(_)) => {
             let mut map = Map::new();
@@ -329,7 +367,7 @@ fn url_search_params(input: &Value, field: Option<&str>) -> Value {
             Value::object(map)
         }
         _ => Value::Undefined,
-    }
+    })
 }
 
 fn parse_query(s: &str) -> Vec<(String, String)> {

@@ -4,9 +4,11 @@
 //!
 //! Rust's float and JSON formatting differ from JavaScript (`1e21`, `1.0`), and
 //! DSUL output is compared byte for byte with the reference, so these are
-//! written out by hand.
+//! written out by hand. The JSON writers take a byte limit and stop as soon as
+//! the text passes it, so a huge value never becomes a huge string.
 
 use crate::value::Value;
+use std::borrow::Cow;
 use std::fmt::Write;
 
 /// JavaScript `Number.prototype.toString()` (`NaN`, `Infinity`, `1e+21`, `1e-7`).
@@ -69,41 +71,59 @@ fn write_js_number(out: &mut String, n: f64) {
 /// DSUL §4.2: how a value is written inside a longer string.
 pub fn to_template_string(v: &Value) -> String {
     let mut out = String::new();
-    push_template_string(&mut out, v);
+    // Without a limit the writer cannot stop early.
+    let _ = push_template_string(&mut out, v, usize::MAX);
     out
 }
 
-/// Appends the §4.2 text of `v` to `out` (no intermediate allocation for strings).
-pub(crate) fn push_template_string(out: &mut String, v: &Value) {
+/// Text being written went past its byte limit; holds the length reached, at least the limit.
+#[derive(Debug)]
+pub(crate) struct TooLong(pub usize);
+
+/// Appends the §4.2 text of `v` to `out` (no intermediate allocation for strings), unless
+/// `out` would pass `max` bytes.
+pub(crate) fn push_template_string(out: &mut String, v: &Value, max: usize) -> Result<(), TooLong> {
     match v {
-        Value::Undefined | Value::Null => {}
-        Value::String(s) => out.push_str(s),
-        other => write_json(out, other, Some(0)),
+        Value::Undefined | Value::Null => Ok(()),
+        Value::String(s) => push_within(out, s, max),
+        other => write_json(out, other, Some(0), max),
     }
 }
 
-/// `JSON.stringify(v)`: `None` for undefined, as in JavaScript.
-pub(crate) fn json_stringify(v: &Value) -> Option<String> {
+/// `JSON.stringify(v)`: `None` for undefined, as in JavaScript; at most `max` bytes.
+pub(crate) fn json_stringify(v: &Value, max: usize) -> Result<Option<String>, TooLong> {
     if v.is_undefined() {
-        return None;
+        return Ok(None);
     }
     let mut out = String::new();
-    write_json(&mut out, v, None);
-    Some(out)
+    write_json(&mut out, v, None, max)?;
+    Ok(Some(out))
 }
 
-/// Writes JSON; `indent` is `Some(level)` for 2-space pretty printing.
-fn write_json(out: &mut String, v: &Value, indent: Option<usize>) {
+/// Writes JSON; `indent` is `Some(level)` for 2-space pretty printing. It stops with
+/// [`TooLong`] once `out` passes `max`, checking before each string and after each item.
+fn write_json(
+    out: &mut String,
+    v: &Value,
+    indent: Option<usize>,
+    max: usize,
+) -> Result<(), TooLong> {
     match v {
         Value::Undefined | Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Value::Number(n) if n.is_finite() => write_js_number(out, *n),
         Value::Number(_) => out.push_str("null"),
-        Value::String(s) => write_json_string(out, s),
+        Value::String(s) => {
+            let len = out.len().saturating_add(s.len());
+            if len > max {
+                return Err(TooLong(len));
+            }
+            write_json_string(out, s);
+        }
         Value::List(items) => {
             if items.is_empty() {
                 out.push_str("[]");
-                return;
+                return within(out, max);
             }
             out.push('[');
             for (i, item) in items.iter().enumerate() {
@@ -111,7 +131,7 @@ fn write_json(out: &mut String, v: &Value, indent: Option<usize>) {
                     out.push(',');
                 }
                 newline(out, indent.map(|l| l + 1));
-                write_json(out, item, indent.map(|l| l + 1));
+                write_json(out, item, indent.map(|l| l + 1), max)?;
             }
             newline(out, indent);
             out.push(']');
@@ -130,13 +150,22 @@ fn write_json(out: &mut String, v: &Value, indent: Option<usize>) {
                 if indent.is_some() {
                     out.push(' ');
                 }
-                write_json(out, item, indent.map(|l| l + 1));
+                write_json(out, item, indent.map(|l| l + 1), max)?;
             }
             if !first {
                 newline(out, indent);
             }
             out.push('}');
         }
+    }
+    within(out, max)
+}
+
+fn within(out: &str, max: usize) -> Result<(), TooLong> {
+    if out.len() > max {
+        Err(TooLong(out.len()))
+    } else {
+        Ok(())
     }
 }
 
@@ -165,6 +194,24 @@ fn write_json_string(out: &mut String, s: &str) {
         }
     }
     out.push('"');
+}
+
+/// `String(v)`, borrowed when `v` is already a string.
+pub(crate) fn js_str(v: &Value) -> Cow<'_, str> {
+    match v {
+        Value::String(s) => Cow::Borrowed(s),
+        other => Cow::Owned(js_to_string(other)),
+    }
+}
+
+/// Appends `t` unless `out` would pass `max` bytes.
+pub(crate) fn push_within(out: &mut String, t: &str, max: usize) -> Result<(), TooLong> {
+    let len = out.len().saturating_add(t.len());
+    if len > max {
+        return Err(TooLong(len));
+    }
+    out.push_str(t);
+    Ok(())
 }
 
 /// JavaScript `String(v)` (lists joined with `,`, objects `[object Object]`).
@@ -379,10 +426,12 @@ mod tests {
             "{\n  \"l\": [\n    null,\n    0.5\n  ]\n}"
         );
         assert_eq!(
-            json_stringify(&Value::from(json!({"a": [1, 2.5], "b": null}))).unwrap(),
+            json_stringify(&Value::from(json!({"a": [1, 2.5], "b": null})), usize::MAX)
+                .unwrap()
+                .unwrap(),
             "{\"a\":[1,2.5],\"b\":null}"
         );
-        assert_eq!(json_stringify(&Value::Undefined), None);
+        assert!(matches!(json_stringify(&Value::Undefined, 0), Ok(None)));
     }
 
     #[test]

@@ -3,38 +3,41 @@
 //! plus `$size $all $elemMatch`), with dotted paths and implicit equality.
 //! A field holding a list matches when any element does, as in MongoDB.
 
-use super::eval::{js_compare, CompiledRegex};
+use super::eval::{js_compare, CompiledRegex, Failure};
 use super::jsfmt::{canonical_index, js_to_string};
+use crate::limits::Budgets;
 use crate::value::{Map, Value};
 use std::cmp::Ordering;
 
 /// Whether `doc` satisfies `query`; an unknown operator is an error.
-pub(crate) fn matches(doc: &Value, query: &Map) -> Result<bool, String> {
+pub(crate) fn matches(doc: &Value, query: &Map, budgets: &Budgets) -> Result<bool, Failure> {
     for (key, cond) in query {
         let ok = match key.as_str() {
             "$and" => {
                 let mut all = true;
                 for q in sub_queries(cond, key)? {
-                    all &= matches(doc, q)?;
+                    all &= matches(doc, q, budgets)?;
                 }
                 all
             }
             "$or" => {
                 let mut any = false;
                 for q in sub_queries(cond, key)? {
-                    any |= matches(doc, q)?;
+                    any |= matches(doc, q, budgets)?;
                 }
                 any
             }
             "$nor" => {
                 let mut any = false;
                 for q in sub_queries(cond, key)? {
-                    any |= matches(doc, q)?;
+                    any |= matches(doc, q, budgets)?;
                 }
                 !any
             }
-            op if op.starts_with('$') => return Err(format!("Unknown jsonmatch operator {op}")),
-            field => match_field(&get_dotted(doc, field), cond)?,
+            op if op.starts_with('$') => {
+                return Err(format!("Unknown jsonmatch operator {op}").into())
+            }
+            field => match_field(&get_dotted(doc, field), cond, budgets)?,
         };
         if !ok {
             return Ok(false);
@@ -43,16 +46,16 @@ pub(crate) fn matches(doc: &Value, query: &Map) -> Result<bool, String> {
     Ok(true)
 }
 
-fn sub_queries<'a>(cond: &'a Value, op: &str) -> Result<Vec<&'a Map>, String> {
+fn sub_queries<'a>(cond: &'a Value, op: &str) -> Result<Vec<&'a Map>, Failure> {
     match cond {
         Value::List(items) => items
             .iter()
             .map(|i| {
                 i.as_object()
-                    .ok_or_else(|| format!("{op} expects a list of objects"))
+                    .ok_or_else(|| format!("{op} expects a list of objects").into())
             })
             .collect(),
-        _ => Err(format!("{op} expects a list of objects")),
+        _ => Err(format!("{op} expects a list of objects").into()),
     }
 }
 
@@ -61,19 +64,25 @@ fn is_operator_object(cond: &Value) -> Option<&Map> {
         .filter(|m| !m.is_empty() && m.keys().all(|k| k.starts_with('$')))
 }
 
-fn match_field(value: &Value, cond: &Value) -> Result<bool, String> {
+fn match_field(value: &Value, cond: &Value, budgets: &Budgets) -> Result<bool, Failure> {
     let Some(ops) = is_operator_object(cond) else {
         return Ok(equals(value, cond));
     };
     for (op, arg) in ops {
-        if !test_op(value, op, arg, ops)? {
+        if !test_op(value, op, arg, ops, budgets)? {
             return Ok(false);
         }
     }
     Ok(true)
 }
 
-fn test_op(value: &Value, op: &str, arg: &Value, siblings: &Map) -> Result<bool, String> {
+fn test_op(
+    value: &Value,
+    op: &str,
+    arg: &Value,
+    siblings: &Map,
+    budgets: &Budgets,
+) -> Result<bool, Failure> {
     Ok(match op {
         "$eq" => equals(value, arg),
         "$ne" => !equals(value, arg),
@@ -89,11 +98,11 @@ fn test_op(value: &Value, op: &str, arg: &Value, siblings: &Map) -> Result<bool,
                 .get("$options")
                 .and_then(Value::as_str)
                 .unwrap_or("");
-            let re = CompiledRegex::with_flags(&js_to_string(arg), flags)?;
+            let re = CompiledRegex::with_flags(&js_to_string(arg), flags, budgets)?;
             any_element(value, |v| v.as_str().is_some_and(|s| re.0.is_match(s)))
         }
         "$options" => true,
-        "$not" => !match_field(value, arg)?,
+        "$not" => !match_field(value, arg, budgets)?,
         "$size" => value
             .as_list()
             .is_some_and(|l| arg.as_f64() == Some(l.len() as f64)),
@@ -108,16 +117,16 @@ fn test_op(value: &Value, op: &str, arg: &Value, siblings: &Map) -> Result<bool,
                 let mut any = false;
                 for item in items.iter() {
                     any |= if is_operator_object(arg).is_some() {
-                        match_field(item, arg)?
+                        match_field(item, arg, budgets)?
                     } else {
-                        matches(item, q)?
+                        matches(item, q, budgets)?
                     };
                 }
                 any
             }
             _ => false,
         },
-        other => return Err(format!("Unknown jsonmatch operator {other}")),
+        other => return Err(format!("Unknown jsonmatch operator {other}").into()),
     })
 }
 
@@ -150,10 +159,10 @@ fn any_compare(value: &Value, arg: &Value, want: impl Fn(Ordering) -> bool) -> b
     })
 }
 
-fn in_list(value: &Value, arg: &Value) -> Result<bool, String> {
+fn in_list(value: &Value, arg: &Value) -> Result<bool, Failure> {
     match arg {
         Value::List(options) => Ok(options.iter().any(|o| equals(value, o))),
-        _ => Err("$in and $nin expect a list".into()),
+        _ => Err(Failure::Message("$in and $nin expect a list".into())),
     }
 }
 

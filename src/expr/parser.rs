@@ -5,12 +5,19 @@
 //! (right-grouped), `+ -`, `* / %`, prefix `!`/`not (`/`-`, primaries. Static
 //! parts (variable paths, literal regexes) are resolved here so evaluation does
 //! no text work.
+//!
+//! Expressions are tenant input, so no tree may be deep enough to overflow a
+//! stack when it is parsed, evaluated, cloned or dropped: `and`/`or` and
+//! `+ - * / %` chains become flat nodes (bounded in length), and every other
+//! nesting (parentheses, calls, `{{ }}`, `{% %}`, prefix operators, comparison
+//! chains) counts against [`MAX_DEPTH`].
 
 use super::eval::{compile_regex_literal, key_of_value, CompiledRegex};
 use super::functions::Func;
 use super::jsfmt::canonical_index;
 use super::lexer::{syntax_error, tokenize, Tok, Token};
 use super::{ExprError, Key};
+use crate::limits::Budgets;
 use crate::value::Value;
 use std::sync::Arc;
 
@@ -44,6 +51,11 @@ pub(crate) enum Node {
     Not(Box<Node>),
     Neg(Box<Node>),
     Bin(BinOp, Box<Node>, Box<Node>),
+    /// A left-grouped `+ - * / %` chain: `first op1 x1 op2 x2 …`, kept flat so
+    /// that a long chain is not a deep tree.
+    Arith(Box<Node>, Vec<(BinOp, Node)>),
+    /// A right-grouped `and`/`or` chain, flat for the same reason.
+    Logic(Box<Node>, Vec<(BinOp, Node)>),
     /// `x exists` (`negate` for `not exists`).
     Exists(Box<Node>, bool),
     /// `x matches y` (`negate` for `not matches`).
@@ -94,13 +106,18 @@ pub(crate) struct Call {
 
 /// Parses `src[start..end]`; errors carry columns in the whole of `src`.
 pub(crate) fn parse(src: &str, start: usize, end: usize) -> Result<Node, ExprError> {
+    parse_at(src, start, end, 0)
+}
+
+/// [`parse`] for text nested `depth` levels inside another expression (a `regex(...)` part).
+fn parse_at(src: &str, start: usize, end: usize, depth: usize) -> Result<Node, ExprError> {
     let toks = tokenize(src, start, end)?;
     let mut p = Parser {
         src,
         toks,
         pos: 0,
         end,
-        depth: 0,
+        depth,
     };
     if p.toks.is_empty() {
         return Err(syntax_error(src, start, "empty expression"));
@@ -121,22 +138,45 @@ struct Parser<'a> {
 }
 
 /// Nesting beyond this is refused so that hostile input cannot overflow the stack.
-const MAX_DEPTH: usize = 256;
+pub(crate) const MAX_DEPTH: usize = 32;
+
+/// The most operands of one `and`/`or` or arithmetic chain; far beyond any real condition,
+/// it keeps one expression's evaluation time proportionate.
+pub(crate) const MAX_CHAIN: usize = 65_536;
 
 fn key_of_word(w: &str) -> Key {
     canonical_index(w).map_or_else(|| Key::Name(Arc::from(w)), Key::Index)
+}
+
+/// One operand alone, or the flat chain of several.
+fn arith(first: Node, rest: Vec<(BinOp, Node)>) -> Node {
+    if rest.is_empty() {
+        first
+    } else {
+        Node::Arith(Box::new(first), rest)
+    }
 }
 
 impl Parser<'_> {
     /// Runs `f` one nesting level deeper, refusing excessive depth.
     fn nested<T>(&mut self, f: fn(&mut Self) -> Result<T, ExprError>) -> Result<T, ExprError> {
         if self.depth >= MAX_DEPTH {
-            return Err(self.error("expression nested too deeply"));
+            return Err(self.too_deep());
         }
         self.depth += 1;
         let result = f(self);
         self.depth -= 1;
         result
+    }
+
+    // Kept out of line: every nesting level passes through `nested`, and a debug build gives
+    // each function a stack slot for every temporary, formatting ones included.
+    #[cold]
+    #[inline(never)]
+    fn too_deep(&self) -> ExprError {
+        self.error(&format!(
+            "expression nests deeper than {MAX_DEPTH} levels (parentheses, calls, `{{{{ }}}}`, prefix or comparison operators)"
+        ))
     }
 
     fn peek(&self) -> Option<&Token> {
@@ -179,27 +219,42 @@ impl Parser<'_> {
         }
     }
 
-    fn boolean(&mut self) -> Result<Node, ExprError> {
-        self.nested(Self::boolean_inner)
+    /// Refuses a chain that already has [`MAX_CHAIN`] operands.
+    fn chain_room(&self, operands: usize) -> Result<(), ExprError> {
+        if operands >= MAX_CHAIN {
+            return Err(self.error(&format!(
+                "expression chains more than {MAX_CHAIN} operands with `and`/`or` or arithmetic operators"
+            )));
+        }
+        Ok(())
     }
 
-    fn boolean_inner(&mut self) -> Result<Node, ExprError> {
-        let left = self.equality()?;
-        let op = match self.peek_tok() {
-            Some(Tok::And) => BinOp::And,
-            Some(Tok::Or) => BinOp::Or,
-            _ => return Ok(left),
-        };
-        self.pos += 1;
-        let right = self.boolean()?;
-        Ok(Node::Bin(op, Box::new(left), Box::new(right)))
+    fn boolean(&mut self) -> Result<Node, ExprError> {
+        let first = self.equality()?;
+        let mut rest = Vec::new();
+        loop {
+            let op = match self.peek_tok() {
+                Some(Tok::And) => BinOp::And,
+                Some(Tok::Or) => BinOp::Or,
+                _ => break,
+            };
+            self.chain_room(rest.len() + 1)?;
+            self.pos += 1;
+            rest.push((op, self.equality()?));
+        }
+        Ok(if rest.is_empty() {
+            first
+        } else {
+            Node::Logic(Box::new(first), rest)
+        })
+    }
+
+    /// An operand on the right of a right-grouped operator, one level deeper.
+    fn equality_nested(&mut self) -> Result<Node, ExprError> {
+        self.nested(Self::equality)
     }
 
     fn equality(&mut self) -> Result<Node, ExprError> {
-        self.nested(Self::equality_inner)
-    }
-
-    fn equality_inner(&mut self) -> Result<Node, ExprError> {
         let left = self.relational()?;
         let op = match self.peek_tok() {
             Some(Tok::LooseEq) => BinOp::LooseEq,
@@ -220,7 +275,7 @@ impl Parser<'_> {
             _ => return Ok(left),
         };
         self.pos += 1;
-        let right = self.equality()?;
+        let right = self.equality_nested()?;
         Ok(Node::Bin(op, Box::new(left), Box::new(right)))
     }
 
@@ -230,11 +285,12 @@ impl Parser<'_> {
             return self.regex_parts(start, end);
         }
         let at = self.here();
-        let right = self.equality()?;
+        let right = self.equality_nested()?;
         if let Node::Lit(Value::String(s)) = &right {
-            return match CompiledRegex::source(s) {
+            // Literal patterns are compiled once, under the default budgets.
+            return match CompiledRegex::source(s, &Budgets::default()) {
                 Ok(re) => Ok(MatchRhs::Compiled(re)),
-                Err(e) => Err(syntax_error(self.src, at, e)),
+                Err(e) => Err(syntax_error(self.src, at, e.to_string())),
             };
         }
         Ok(MatchRhs::Value(Box::new(right)))
@@ -255,7 +311,10 @@ impl Parser<'_> {
             if open > text_start {
                 parts.push(RegexPart::Text(content[text_start..open].to_string()));
             }
-            match parse(self.src, start + open, start + close)? {
+            if self.depth >= MAX_DEPTH {
+                return Err(self.too_deep());
+            }
+            match parse_at(self.src, start + open, start + close, self.depth + 1)? {
                 Node::Var(path) => parts.push(RegexPart::Var(path)),
                 _ => return Err(syntax_error(self.src, start + open, "expected a variable")),
             }
@@ -263,9 +322,9 @@ impl Parser<'_> {
             i = close;
         }
         if parts.is_empty() {
-            return compile_regex_literal(content)
+            return compile_regex_literal(content, &Budgets::default())
                 .map(MatchRhs::Compiled)
-                .map_err(|e| syntax_error(self.src, start, e));
+                .map_err(|e| syntax_error(self.src, start, e.to_string()));
         }
         if text_start < content.len() {
             parts.push(RegexPart::Text(content[text_start..].to_string()));
@@ -274,10 +333,6 @@ impl Parser<'_> {
     }
 
     fn relational(&mut self) -> Result<Node, ExprError> {
-        self.nested(Self::relational_inner)
-    }
-
-    fn relational_inner(&mut self) -> Result<Node, ExprError> {
         let left = self.additive()?;
         let op = match self.peek_tok() {
             Some(Tok::Lt) => BinOp::Lt,
@@ -287,48 +342,48 @@ impl Parser<'_> {
             _ => return Ok(left),
         };
         self.pos += 1;
-        let right = self.relational()?;
+        let right = self.nested(Self::relational)?;
         Ok(Node::Bin(op, Box::new(left), Box::new(right)))
     }
 
     fn additive(&mut self) -> Result<Node, ExprError> {
-        let mut left = self.multiplicative()?;
+        let first = self.multiplicative()?;
+        let mut rest = Vec::new();
         loop {
             let op = match self.peek_tok() {
                 Some(Tok::Plus) => BinOp::Add,
                 Some(Tok::Minus) => BinOp::Sub,
-                _ => return Ok(left),
+                _ => break,
             };
+            self.chain_room(rest.len() + 1)?;
             self.pos += 1;
-            let right = self.multiplicative()?;
-            left = Node::Bin(op, Box::new(left), Box::new(right));
+            rest.push((op, self.multiplicative()?));
         }
+        Ok(arith(first, rest))
     }
 
     fn multiplicative(&mut self) -> Result<Node, ExprError> {
-        let mut left = self.unary()?;
+        let first = self.unary()?;
+        let mut rest = Vec::new();
         loop {
             let op = match self.peek_tok() {
                 Some(Tok::Star) => BinOp::Mul,
                 Some(Tok::Slash) => BinOp::Div,
                 Some(Tok::Percent) => BinOp::Mod,
-                _ => return Ok(left),
+                _ => break,
             };
+            self.chain_room(rest.len() + 1)?;
             self.pos += 1;
-            let right = self.unary()?;
-            left = Node::Bin(op, Box::new(left), Box::new(right));
+            rest.push((op, self.unary()?));
         }
+        Ok(arith(first, rest))
     }
 
     fn unary(&mut self) -> Result<Node, ExprError> {
-        self.nested(Self::unary_inner)
-    }
-
-    fn unary_inner(&mut self) -> Result<Node, ExprError> {
         match self.peek_tok() {
             Some(Tok::Bang) => {
                 self.pos += 1;
-                Ok(Node::Not(Box::new(self.additive()?)))
+                Ok(Node::Not(Box::new(self.nested(Self::additive)?)))
             }
             // `not (expr)`: documented negation the reference lacks (DSUL §10.2).
             Some(Tok::Word(w))
@@ -336,7 +391,7 @@ impl Parser<'_> {
                     && self.peek_at(1).is_some_and(|t| t.tok == Tok::LParen) =>
             {
                 self.pos += 1;
-                Ok(Node::Not(Box::new(self.additive()?)))
+                Ok(Node::Not(Box::new(self.nested(Self::additive)?)))
             }
             Some(Tok::Minus) => {
                 self.pos += 1;
@@ -350,7 +405,7 @@ impl Parser<'_> {
                         self.pos += 1;
                         Ok(Node::Lit(Value::Number(n)))
                     }
-                    _ => Ok(Node::Neg(Box::new(self.unary()?))),
+                    _ => Ok(Node::Neg(Box::new(self.nested(Self::unary)?))),
                 }
             }
             _ => self.primary(),
@@ -380,12 +435,12 @@ impl Parser<'_> {
             }
             Tok::VarOpen => Node::Var(self.var_path()?),
             Tok::LParen => {
-                let inner = self.boolean()?;
+                let inner = self.nested(Self::boolean)?;
                 self.expect(&Tok::RParen, "`)`")?;
                 inner
             }
             Tok::ExprOpen => {
-                let inner = self.boolean()?;
+                let inner = self.nested(Self::boolean)?;
                 self.expect(&Tok::ExprClose, "`%}`")?;
                 inner
             }
@@ -405,7 +460,8 @@ impl Parser<'_> {
             self.pos += 1;
         } else {
             loop {
-                args.push(self.boolean()?);
+                self.chain_room(args.len())?;
+                args.push(self.nested(Self::boolean)?);
                 match self.next().map(|t| t.tok) {
                     Some(Tok::Comma) => continue,
                     Some(Tok::RParen) => break,

@@ -7,11 +7,13 @@
 //! out and expands template text coming from data, with a bounded number of
 //! passes instead of the reference's endless loop. As in the reference, the
 //! re-scan looks for `{{ }}` only: `{% %}` text coming from data is never
-//! evaluated.
+//! evaluated. No rendered string, in any pass, grows past the execution's
+//! `max_string_bytes` budget.
 
-use super::eval::Expr;
-use super::jsfmt::push_template_string;
+use super::eval::{string_too_long, Expr};
+use super::jsfmt::{push_template_string, push_within, TooLong};
 use super::{parse_variable_name, ExprError, Key, Scope};
+use crate::limits::Budgets;
 use crate::value::Value;
 use std::sync::Arc;
 
@@ -75,29 +77,40 @@ impl Template {
 
     /// Renders per DSUL §4: a lone template keeps its value's type.
     pub fn render(&self, scope: &dyn Scope) -> Result<Value, ExprError> {
-        self.render_pass(scope, 0, &self.text)
+        match &self.kind {
+            Kind::Literal => Ok(Value::String(self.text.clone())),
+            Kind::LoneVar(keys) => Ok(scope.lookup(keys)),
+            Kind::LoneExpr(e) => e.eval(scope),
+            Kind::Mixed(_) => self.render_pass(scope, &scope.budgets(), 0, &self.text),
+        }
     }
 
     /// One pass; `origin` is the text the caller asked for, named in a runaway error.
     fn render_pass(
         &self,
         scope: &dyn Scope,
+        budgets: &Budgets,
         pass: usize,
         origin: &str,
     ) -> Result<Value, ExprError> {
         let segments = match &self.kind {
             Kind::Literal => return Ok(Value::String(self.text.clone())),
             Kind::LoneVar(keys) => return Ok(scope.lookup(keys)),
-            Kind::LoneExpr(e) => return e.eval(scope),
+            Kind::LoneExpr(e) => return e.eval_within(scope, budgets),
             Kind::Mixed(segments) => segments,
         };
+        let max = budgets.max_string_bytes;
+        let too_long = |TooLong(len)| ExprError::Budget(string_too_long(budgets, len));
         let mut out = String::with_capacity(self.text.len() + 16);
         for seg in segments {
-            match seg {
-                Segment::Text(t) => out.push_str(t),
-                Segment::Var(keys) => push_template_string(&mut out, &scope.lookup(keys)),
-                Segment::Expr(e) => push_template_string(&mut out, &e.eval(scope)?),
-            }
+            let pushed = match seg {
+                Segment::Text(t) => push_within(&mut out, t, max),
+                Segment::Var(keys) => push_template_string(&mut out, &scope.lookup(keys), max),
+                Segment::Expr(e) => {
+                    push_template_string(&mut out, &e.eval_within(scope, budgets)?, max)
+                }
+            };
+            pushed.map_err(too_long)?;
         }
         if !out.contains("{{") {
             return Ok(Value::str(out));
@@ -109,7 +122,7 @@ impl Template {
         if pass + 1 >= MAX_PASSES {
             return Err(ExprError::Runaway(origin.to_string()));
         }
-        next.render_pass(scope, pass + 1, origin)
+        next.render_pass(scope, budgets, pass + 1, origin)
     }
 }
 
@@ -187,6 +200,7 @@ fn expr_close(b: &[u8], open: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::expr::Expr;
 
     use serde_json::json;
 
@@ -407,5 +421,129 @@ mod tests {
         assert!(Template::parse("").unwrap().is_literal());
         assert!(!Template::parse("a {{b}}").unwrap().is_literal());
         assert!(!Template::parse("{% 1 %}").unwrap().is_literal());
+    }
+
+    /// A scope with tiny budgets, as a workspace override would give.
+    struct Tiny {
+        vars: Value,
+        budgets: Budgets,
+    }
+
+    impl Scope for Tiny {
+        fn lookup(&self, path: &[Key]) -> Value {
+            crate::expr::get_path(&self.vars, path)
+        }
+
+        fn budgets(&self) -> Budgets {
+            self.budgets
+        }
+    }
+
+    fn tiny(vars: serde_json::Value) -> Tiny {
+        Tiny {
+            vars: Value::from(vars),
+            budgets: Budgets {
+                max_string_bytes: 20,
+                max_entries: 5,
+                max_regex_bytes: 10_000,
+                ..Budgets::default()
+            },
+        }
+    }
+
+    fn over_budget(text: &str, scope: &dyn Scope) -> &'static str {
+        match Template::parse(text).unwrap().render(scope) {
+            Err(ExprError::Budget(e)) => e.name,
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_string_doubled_40_times_hits_max_string_bytes() {
+        let doubled = Template::parse("{{s}}{{s}}").unwrap();
+        let mut s = Value::str("0123456789abcdef");
+        for round in 0..40 {
+            let mut vars = crate::value::Map::new();
+            vars.insert("s".into(), s.clone());
+            match doubled.render(&Value::object(vars)) {
+                Ok(v) => s = v,
+                Err(ExprError::Budget(e)) => {
+                    assert_eq!(e.name, "max_string_bytes");
+                    assert_eq!(e.found, 32 << round);
+                    assert!(e.to_string().contains("a string of 16777216 bytes"), "{e}");
+                    return;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("40 doublings stayed under max_string_bytes");
+    }
+
+    #[test]
+    fn scope_budgets_bound_every_string_an_expression_builds() {
+        let scope = tiny(json!({
+            "s": "0123456789", "l": ["0123456789", "0123456789", "x"], "o": {"k": "0123456789"},
+            "big": "0123456789012345678901234567890", "q": "a=1&b=2&c=3&d=4&e=5&f=6",
+        }));
+        assert_eq!(render_in("{{s}}!", &scope), Value::str("0123456789!"));
+        for text in [
+            "{{s}}{{s}}!",
+            "a {{s}} {{s}}",
+            "x{{o}}",
+            "{% {{s}} + {{s}} + 1 %}",
+            "{% join({{l}}, \",\") %}",
+            "{% replace({{s}}, \"9\", \"$`$`\") %}",
+            "{% json({{o}}) + {{s}} %}",
+            "{% json({{l}}) %}",
+            "{% upper({{big}}) %}",
+            "{% truncate({{big}}, 15, \"......\") %}",
+            "{% URLSearchParams({{o}}).asString + {{s}} %}",
+            "{% date(0, \"LLLL LLLL\", \"en\", \"UTC\") %}",
+        ] {
+            assert_eq!(over_budget(text, &scope), "max_string_bytes", "{text}");
+        }
+        assert_eq!(
+            over_budget("{% split({{s}}, \"\") %}", &scope),
+            "max_entries"
+        );
+        assert_eq!(
+            over_budget("{% URLSearchParams({{q}}).asJSON %}", &scope),
+            "max_entries"
+        );
+        assert_eq!(
+            render_in("{% split(\"a,b\", \",\") %}", &scope),
+            Value::from(json!(["a", "b"]))
+        );
+    }
+
+    #[test]
+    fn rescans_stop_at_max_string_bytes() {
+        let scope = tiny(json!({"a": "{{b}}{{b}}", "b": "0123456789"}));
+        assert_eq!(over_budget("{{a}}.", &scope), "max_string_bytes");
+    }
+
+    fn render_in(text: &str, scope: &dyn Scope) -> Value {
+        Template::parse(text).unwrap().render(scope).unwrap()
+    }
+
+    #[test]
+    fn run_time_regexes_stay_within_max_regex_bytes() {
+        let scope = tiny(json!({
+            "s": "aaa", "long": "a".repeat(10_001), "huge": "(a{100}){100}", "ok": "^a+$",
+            "q": {"x": {"$regex": "(b{100}){100}"}},
+        }));
+        assert_eq!(
+            render_in("{% {{s}} matches {{ok}} %}", &scope),
+            Value::Bool(true)
+        );
+        for text in [
+            "{% {{s}} matches {{long}} %}",
+            "{% {{s}} matches {{huge}} %}",
+            "{% {{s}} matches regex({{huge}}) %}",
+            "{% {{s}} matches regex(/x{{long}}/i) %}",
+            "{% jsonmatch({{q}}, {{q}}) %}",
+        ] {
+            assert_eq!(over_budget(text, &scope), "max_regex_bytes", "{text}");
+        }
     }
 }
