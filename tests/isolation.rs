@@ -172,3 +172,78 @@ fn every_bomb_fails_its_own_request_and_the_process_keeps_serving() {
         "RSS grew from {baseline} MB to {after} MB"
     );
 }
+
+#[test]
+fn expression_bombs_are_answered_or_refused_with_their_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    put(
+        root,
+        "victim",
+        "ping.yml",
+        "slug: ping\nwhen: {endpoint: true}\ndo: []\noutput: pong\n",
+    );
+    let chain = vec!["1"; 30_000].join(" + ");
+    let answered = [
+        ("chain", format!("'{{% {chain} %}}'"), "30000"),
+        ("unterminated", "'x {{ body'".to_string(), "x {{ body"),
+        ("infinite", "'{% {{body.n}} * 2 %}'".to_string(), "null"),
+        // Inside text, JSON.stringify writes Infinity and NaN as null (DSUL §4.2).
+        (
+            "divide",
+            "'{% 1 / 0 %} {% 0 / 0 %}'".to_string(),
+            "null null",
+        ),
+    ];
+    for (slug, output, _) in &answered {
+        let text = format!("slug: {slug}\nwhen: {{endpoint: true}}\ndo: []\noutput: {output}\n");
+        put(root, "exprs", &format!("{slug}.yml"), &text);
+    }
+    let deep = format!("{}1{}", "(".repeat(100_000), ")".repeat(100_000));
+    put(
+        root,
+        "broken",
+        "deep.yml",
+        &format!("slug: deep\nwhen: {{endpoint: true}}\ndo: []\noutput: '{{% {deep} %}}'\n"),
+    );
+    let s = serve(root);
+    for (slug, _, expected) in &answered {
+        let (status, text) = call(&s, "exprs", slug, &json!({"n": "1e400"}));
+        assert_eq!((status, text.as_str()), (200, *expected), "{slug}");
+    }
+    // A bad expression fails the call that reaches it (and `validate` flags it).
+    let (status, text) = call(&s, "broken", "deep", &json!({}));
+    assert_eq!(status, 500, "{text}");
+    assert!(text.contains("nests deeper than 32 levels"), "{text}");
+    assert_eq!(call(&s, "victim", "ping", &json!({})), (200, "pong".into()));
+
+    // The command line gives the same answers.
+    let sluice = env!("CARGO_BIN_EXE_sluice");
+    let out = std::process::Command::new(sluice)
+        .arg("validate")
+        .arg(root.join("automations/broken"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("deep.yml:4:"), "{stderr}");
+    assert!(stderr.contains("nests deeper than"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let out = std::process::Command::new(sluice)
+        .args(["run", "chain", "--workspace"])
+        .arg(root.join("automations/exprs"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "30000");
+    let out = std::process::Command::new(sluice)
+        .arg("validate")
+        .arg(root.join("automations/exprs"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
