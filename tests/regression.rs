@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 const CHILD: &str = "SLUICE_REGRESSION_CHILD";
 
 /// Runs `body` in a child process re-running only the test `name`, on a thread with the
-/// 8 MiB stack `sluice run` and `validate` have; the child must succeed within a minute.
+/// 8 MiB stack `sluice run` and `validate` have and 2 GB of address space; the child must
+/// succeed within a minute.
 fn in_child_process(name: &str, body: impl FnOnce() + Send + 'static) {
     if std::env::var_os(CHILD).is_some() {
         let t = std::thread::Builder::new()
@@ -31,7 +32,10 @@ fn in_child_process(name: &str, body: impl FnOnce() + Send + 'static) {
         }
         return;
     }
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+    // The shell caps the child's memory, so a runaway allocation aborts it, not the machine.
+    let mut child = Command::new("sh")
+        .args(["-c", "ulimit -v 2000000 && exec \"$0\" \"$@\""])
+        .arg(std::env::current_exe().expect("test binary"))
         .args([name, "--exact", "--test-threads=1", "--nocapture"])
         .env(CHILD, "1")
         .stdout(Stdio::null())
@@ -146,21 +150,23 @@ fn negations_100000_deep_do_not_overflow() {
 /// twice doubles the text on every re-scan pass, 64 passes deep, instead of failing.
 #[test]
 fn a_self_doubling_template_fails_instead_of_hanging() {
-    let result = within(Duration::from_secs(10), || {
-        let mut scope = Map::new();
-        scope.insert(
-            "a".into(),
-            Value::list(vec![Value::str("{{a}}"), Value::str("{{a}}")]),
-        );
-        Template::parse("x{{a}}")
-            .expect("parses")
-            .render(&Value::object(scope))
-            .map(|v| v.to_json_string().len())
+    in_child_process("a_self_doubling_template_fails_instead_of_hanging", || {
+        let result = within(Duration::from_secs(10), || {
+            let mut scope = Map::new();
+            scope.insert(
+                "a".into(),
+                Value::list(vec![Value::str("{{a}}"), Value::str("{{a}}")]),
+            );
+            Template::parse("x{{a}}")
+                .expect("parses")
+                .render(&Value::object(scope))
+                .map(|v| v.to_json_string().len())
+        });
+        match result {
+            Err(ExprError::Budget(_)) | Err(ExprError::Runaway(_)) => {}
+            other => panic!("expected a budget or runaway error, got {other:?}"),
+        }
     });
-    match result {
-        Err(ExprError::Budget(_)) | Err(ExprError::Runaway(_)) => {}
-        other => panic!("expected a budget or runaway error, got {other:?}"),
-    }
 }
 
 /// Found by `arbitrary_files_compile_with_located_diagnostics`: the YAML parser's
