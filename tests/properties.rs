@@ -504,7 +504,7 @@ fn set_name() -> impl Strategy<Value = String> {
 const EVENTS: [&str; 3] = ["e1", "e2", "bad/name"];
 const SLUGS: [&str; 3] = ["h1", "h2", "main"];
 
-/// One instruction, rendered as YAML lines at `pad` spaces; `waits` allows `wait`.
+/// One instruction, rendered as YAML lines at `pad` spaces.
 #[derive(Debug, Clone)]
 enum Ins {
     Set(String, String, Option<&'static str>),
@@ -519,23 +519,24 @@ enum Ins {
     Comment(String),
 }
 
-fn instruction(waits: bool) -> BoxedStrategy<Ins> {
+/// A `wait` with a small, odd or bad timeout.
+fn wait() -> BoxedStrategy<Ins> {
     let timeout = prop::sample::select(vec![
         "0", "0.01", "0.02", "'-5'", "'NaN'", "1e400", "-1", "'abc'", "2", "'{{n}}'", "null",
     ]);
-    let wait = if waits {
-        (prop::sample::select(EVENTS.to_vec()), timeout)
-            .prop_map(|(e, t)| Ins::Wait(e, t.to_string()))
-            .boxed()
-    } else {
-        Just(Ins::Comment("no wait here".into())).boxed()
-    };
+    (prop::sample::select(EVENTS.to_vec()), timeout)
+        .prop_map(|(e, t)| Ins::Wait(e, t.to_string()))
+        .boxed()
+}
+
+/// Instructions without `wait`: a wait inside a loop legitimately takes loop count times its
+/// timeout (timers tick in milliseconds), which no instruction budget bounds.
+fn instruction() -> BoxedStrategy<Ins> {
     let leaf = prop_oneof![
         5 => (set_name(), yaml_value(), prop::option::of(prop::sample::select(vec!["replace", "merge", "push", "bogus"])))
             .prop_map(|(n, v, k)| Ins::Set(n, v, k)),
         1 => set_name().prop_map(Ins::Delete),
         1 => (prop::sample::select(EVENTS.to_vec()), yaml_value()).prop_map(|(e, p)| Ins::Emit(e, p)),
-        1 => wait,
         1 => any::<bool>().prop_map(Ins::Break),
         2 => (prop::sample::select(SLUGS.to_vec()), yaml_value(), any::<bool>())
             .prop_map(|(s, a, o)| Ins::Call(s, a, o)),
@@ -633,11 +634,19 @@ fn render(i: &Ins, pad: usize, out: &mut String) {
     }
 }
 
-/// A whole automation file: `slug`, optional triggers, a body and an output.
+/// A whole automation file: `slug`, optional triggers, a body and an output; `waits`
+/// allows top-level `wait`s.
 fn automation_file(slug: &'static str, waits: bool) -> BoxedStrategy<String> {
     (
         prop::option::of(prop::sample::select(EVENTS.to_vec())),
-        prop::collection::vec(instruction(waits), 0..5),
+        prop::collection::vec(
+            if waits {
+                prop_oneof![4 => instruction(), 1 => wait()].boxed()
+            } else {
+                instruction()
+            },
+            0..5,
+        ),
         prop::option::of(yaml_value()),
     )
         .prop_map(move |(event, body, output)| {
