@@ -59,6 +59,9 @@ pub struct RuntimeSettings {
     /// The largest payload of an emitted event, in bytes of JSON.
     #[serde(deserialize_with = "de::whole")]
     pub max_event_bytes: usize,
+    /// The largest automation file or `workspace.yml` loaded, in bytes.
+    #[serde(deserialize_with = "de::whole")]
+    pub max_file_bytes: u64,
 }
 
 /// The `fetch` instruction.
@@ -189,6 +192,7 @@ impl Default for Settings {
                 max_call_depth: 20,
                 wait_timeout_secs: 20.0,
                 max_event_bytes: 100_000,
+                max_file_bytes: 4 * 1024 * 1024,
             },
             fetch: FetchSettings {
                 timeout_ms: 30_000,
