@@ -138,7 +138,8 @@ pub fn run(args: RunArgs) -> u8 {
             return 2;
         }
     }
-    let ws = match workspace::load(&args.workspace, secrets.as_deref()) {
+    let max_bytes = settings.runtime.max_file_bytes;
+    let ws = match workspace::load_with(&args.workspace, secrets.as_deref(), max_bytes) {
         Ok(ws) => ws,
         Err(errors) => {
             for e in errors {

@@ -65,6 +65,9 @@ pub struct RuntimeSettings {
     /// Events the embedded bus holds waiting for a free slot; when full, `emit` waits.
     #[serde(deserialize_with = "de::positive")]
     pub event_queue: usize,
+    /// The largest automation file or `workspace.yml` loaded, in bytes.
+    #[serde(deserialize_with = "de::whole")]
+    pub max_file_bytes: u64,
 }
 
 /// The `fetch` instruction.
@@ -200,6 +203,7 @@ impl Default for Settings {
                 max_event_bytes: 100_000,
                 max_inflight_events: 64,
                 event_queue: 10_000,
+                max_file_bytes: 4 * 1024 * 1024,
             },
             fetch: FetchSettings {
                 timeout_ms: 30_000,

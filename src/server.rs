@@ -7,11 +7,13 @@
 
 use crate::bus::{Bus, EmbeddedBus};
 use crate::config::Settings;
+use crate::dsl::Diagnostic;
 use crate::http::{router, AppState};
 use crate::runtime::{Runtime, Start, Trigger};
-use crate::workspace::{Change, Watcher};
+use crate::workspace::{Change, Watcher, Workspace};
 use chrono::{DateTime, Utc};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -22,48 +24,138 @@ const WATCH_EVERY: Duration = Duration::from_millis(500);
 const RETAIN_EVERY: Duration = Duration::from_secs(60);
 
 /// The workspaces on disk, kept in sync with the runtime.
+///
+/// Each edited workspace loads on the blocking pool, apart from the others and
+/// from requests, and is installed as soon as it is ready; a newer edit of the
+/// same workspace supersedes a load still running (its result is dropped).
 pub struct Library {
+    inner: Arc<Shelves>,
+}
+
+struct Shelves {
     runtime: Runtime,
-    watcher: tokio::sync::Mutex<Watcher>,
+    watcher: std::sync::Mutex<Watcher>,
+    /// The newest load (or removal) of each workspace; only it may install.
+    newest: std::sync::Mutex<HashMap<String, u64>>,
+    next: AtomicU64,
 }
 
 impl Library {
     /// A library over the settings' workspaces root and secrets folder.
     pub fn new(runtime: Runtime, settings: &Settings) -> Library {
         Library {
-            runtime,
-            watcher: tokio::sync::Mutex::new(Watcher::new(
-                settings.workspaces.clone(),
-                settings.secrets.clone(),
-            )),
+            inner: Arc::new(Shelves {
+                runtime,
+                watcher: std::sync::Mutex::new(Watcher::new(
+                    settings.workspaces.clone(),
+                    settings.secrets.clone(),
+                    settings.runtime.max_file_bytes,
+                )),
+                newest: std::sync::Mutex::default(),
+                next: AtomicU64::new(0),
+            }),
         }
     }
 
-    /// Loads new and edited workspaces, drops removed ones; a workspace that
-    /// fails to load keeps its last good version and its errors are logged.
+    /// Starts loading new and edited workspaces and drops removed ones, without
+    /// waiting for the loads; a workspace that fails to load keeps its last
+    /// good version and its errors are logged.
+    pub async fn poll(&self) {
+        self.start(|w| w.scan()).await;
+    }
+
+    /// Like [`Library::poll`], and returns once every load it started is over.
     pub async fn rescan(&self) {
-        let mut watcher = self.watcher.lock().await;
-        for change in watcher.scan() {
+        for load in self.start(|w| w.scan()).await {
+            let _ = load.await;
+        }
+    }
+
+    /// Reloads the workspace `id` from disk, changed or not, and returns once
+    /// it is installed (or refused).
+    pub async fn reload(&self, id: &str) {
+        let id = id.to_string();
+        for load in self.start(move |w| w.take(&id).into_iter().collect()).await {
+            let _ = load.await;
+        }
+    }
+
+    /// Scans with `scan` on the blocking pool (it reads folders), then applies
+    /// each change: removals at once, loads each on its own blocking task.
+    async fn start<F>(&self, scan: F) -> Vec<tokio::task::JoinHandle<()>>
+    where
+        F: FnOnce(&mut Watcher) -> Vec<Change> + Send + 'static,
+    {
+        let shelves = self.inner.clone();
+        let scanned = tokio::task::spawn_blocking(move || {
+            let mut watcher = shelves.watcher.lock().unwrap_or_else(|p| p.into_inner());
+            scan(&mut watcher)
+        })
+        .await;
+        let changes = scanned.unwrap_or_else(|e| {
+            tracing::error!("scanning the workspaces failed: {e}");
+            Vec::new()
+        });
+        let mut loads = Vec::new();
+        for change in changes {
             match change {
-                Change::Loaded(ws) => {
-                    let id = ws.id.clone();
-                    let count = ws.automations.len();
-                    for d in &ws.diagnostics {
-                        tracing::warn!(workspace = %id, "{d}");
-                    }
-                    for problem in self.runtime.install(*ws) {
-                        tracing::warn!(workspace = %id, "{problem}; previous limits kept");
-                    }
-                    tracing::info!(workspace = %id, automations = count, "workspace loaded");
+                Change::Edited(edit) => {
+                    let shelves = self.inner.clone();
+                    let generation = shelves.claim(&edit.id);
+                    loads.push(tokio::task::spawn_blocking(move || {
+                        let loaded = edit.load();
+                        shelves.install(&edit.id, generation, loaded);
+                    }));
                 }
-                Change::Failed { id, errors } => {
-                    for e in errors {
-                        tracing::error!(workspace = %id, "{e}; keeping the last good version");
-                    }
+                Change::Removed(id) => self.inner.remove(&id),
+            }
+        }
+        loads
+    }
+}
+
+impl Shelves {
+    fn lock_newest(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.newest.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes a new load of `id` the newest one.
+    fn claim(&self, id: &str) -> u64 {
+        let generation = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock_newest().insert(id.to_string(), generation);
+        generation
+    }
+
+    /// Removes `id`; a load of it still running will not bring it back.
+    fn remove(&self, id: &str) {
+        let mut newest = self.lock_newest();
+        newest.insert(id.to_string(), self.next.fetch_add(1, Ordering::Relaxed));
+        self.runtime.remove(id);
+        tracing::info!(workspace = %id, "workspace removed");
+    }
+
+    /// Installs a finished load unless a newer one was claimed meanwhile.
+    fn install(&self, id: &str, generation: u64, loaded: Result<Workspace, Vec<Diagnostic>>) {
+        // Held while installing, so an older load can never land after a newer one.
+        let newest = self.lock_newest();
+        if newest.get(id) != Some(&generation) {
+            tracing::debug!(workspace = %id, "superseded load dropped");
+            return;
+        }
+        match loaded {
+            Ok(ws) => {
+                let count = ws.automations.len();
+                for d in &ws.diagnostics {
+                    tracing::warn!(workspace = %id, "{d}");
                 }
-                Change::Removed(id) => {
-                    self.runtime.remove(&id);
-                    tracing::info!(workspace = %id, "workspace removed");
+                for problem in self.runtime.install(ws) {
+                    tracing::warn!(workspace = %id, "{problem}; previous limits kept");
+                }
+                tracing::info!(workspace = %id, automations = count, "workspace loaded");
+            }
+            Err(errors) => {
+                for e in errors {
+                    tracing::error!(workspace = %id, "{e}; keeping the last good version");
                 }
             }
         }
@@ -202,7 +294,7 @@ pub async fn serve(settings: Settings) -> Result<(), String> {
     let watching = tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(WATCH_EVERY) => watch_library.rescan().await,
+                _ = tokio::time::sleep(WATCH_EVERY) => watch_library.poll().await,
                 _ = watch_stop.changed() => return,
             }
         }

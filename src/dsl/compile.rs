@@ -3,6 +3,11 @@
 use super::{Automation, Diagnostic, Instruction, Kind, Locator, Node, VarName, When};
 use crate::expr::{Expr, Template};
 use crate::value::{Map, Value};
+use serde::de::{
+    DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor,
+};
+use std::cell::Cell;
+use std::fmt;
 use std::path::Path;
 
 /// An automation and the problems found while compiling it.
@@ -96,12 +101,96 @@ fn var_name(node: Node) -> VarName {
     VarName::Dynamic(node)
 }
 
+/// Values a file may expand to beyond one per byte of its text: room for
+/// anchors reused in a small file, while an alias bomb is refused long before
+/// it costs memory.
+const SPARE_VALUES: usize = 100_000;
+
+/// The parser's own nesting limit; deeper flow collections are refused before
+/// parsing, because its scanner's work grows with the square of their depth.
+const MAX_FLOW_DEPTH: usize = 128;
+
+/// The byte where `[`/`{` nesting first goes over [`MAX_FLOW_DEPTH`], if it does.
+///
+/// A one-pass over-estimate of the scanner's flow depth: quoted scalars and
+/// comments are skipped (a quote only opens at the start of a token and closes
+/// at the end of its line at the latest), and outside brackets only a `[`/`{`
+/// that starts a token opens a collection, as in YAML; anything the scanner
+/// would not read as a bracket can only make the estimate larger, never smaller.
+fn too_deep_flow(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    // The last byte that was not a space or tab, on this line (None at its start).
+    let mut previous: Option<u8> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let token_start = matches!(
+            previous,
+            None | Some(b'[' | b'{' | b',' | b':' | b'-' | b'?')
+        );
+        match b {
+            b'\n' => previous = None,
+            b' ' | b'\t' | b'\r' => {}
+            b'#' if i == 0 || matches!(bytes[i - 1], b' ' | b'\t' | b'\n') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'\'' | b'"' if token_start => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    match bytes[i] {
+                        b'\\' if b == b'"' => i += 1,
+                        b'\'' if b == b'\'' && bytes.get(i + 1) == Some(&b'\'') => i += 1,
+                        c if c == b => break,
+                        _ => {}
+                    }
+                    i += 1;
+                }
+                previous = Some(b);
+                if i < bytes.len() && bytes[i] == b {
+                    i += 1;
+                }
+                continue;
+            }
+            b'[' | b'{' if depth > 0 || token_start => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Some(i);
+                }
+                previous = Some(b);
+            }
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                previous = Some(b);
+            }
+            _ => previous = Some(b),
+        }
+        i += 1;
+    }
+    None
+}
+
 /// Parses a YAML file into a value; a syntax error is a diagnostic at its
 /// place, with the parser's message only when `quote` allows it (the message
 /// can quote the file, which must not happen for secrets).
 pub fn parse_yaml(file: &Path, text: &str, quote: bool) -> Result<Value, Diagnostic> {
-    serde_yaml::from_str::<serde_yaml::Value>(text)
-        .map(from_yaml)
+    if let Some(at) = too_deep_flow(text) {
+        let (line, column) = Locator::new(text).position_of(at);
+        return Err(Diagnostic {
+            file: file.to_path_buf(),
+            line,
+            column,
+            message: format!(
+                "invalid YAML: `[` and `{{` nested deeper than {MAX_FLOW_DEPTH} levels"
+            ),
+        });
+    }
+    let left = Cell::new(text.len().saturating_add(SPARE_VALUES));
+    Builder { left: &left }
+        .deserialize(serde_yaml::Deserializer::from_str(text))
         .map_err(|e| {
             let (line, column) = e
                 .location()
@@ -121,34 +210,113 @@ pub fn parse_yaml(file: &Path, text: &str, quote: bool) -> Result<Value, Diagnos
         })
 }
 
-/// Converts parsed YAML into a runtime value (tags are ignored, keys stringified).
-pub fn from_yaml(y: serde_yaml::Value) -> Value {
-    use serde_yaml::Value as Y;
-    match y {
-        Y::Null => Value::Null,
-        Y::Bool(b) => Value::Bool(b),
-        Y::Number(n) => Value::Number(n.as_f64().unwrap_or(f64::NAN)),
-        Y::String(s) => Value::str(s),
-        Y::Sequence(items) => Value::list(items.into_iter().map(from_yaml).collect()),
-        Y::Mapping(m) => {
-            let mut map = Map::with_capacity(m.len());
-            for (k, v) in m {
-                map.insert(yaml_key(k), from_yaml(v));
+/// Builds runtime values straight from the parser (tags are ignored, keys
+/// stringified), counting every value made, alias expansions included: the
+/// parser bounds alias jumps, not the values one jump copies.
+#[derive(Clone, Copy)]
+struct Builder<'c> {
+    left: &'c Cell<usize>,
+}
+
+impl Builder<'_> {
+    fn count<E: serde::de::Error>(self) -> Result<(), E> {
+        match self.left.get().checked_sub(1) {
+            Some(n) => {
+                self.left.set(n);
+                Ok(())
             }
-            Value::object(map)
+            None => Err(E::custom(
+                "its aliases expand to more values than the file has bytes (plus 100000)",
+            )),
         }
-        Y::Tagged(t) => from_yaml(t.value),
     }
 }
 
-fn yaml_key(k: serde_yaml::Value) -> String {
-    match k {
-        serde_yaml::Value::String(s) => s,
-        serde_yaml::Value::Null => "null".into(),
-        other => match from_yaml(other) {
-            Value::String(s) => s.to_string(),
-            v => crate::expr::to_template_string(&v),
-        },
+impl<'de> DeserializeSeed<'de> for Builder<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Builder<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any YAML value")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<Value, E> {
+        self.count()?;
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Value, E> {
+        self.count()?;
+        Ok(Value::Number(n as f64))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Value, E> {
+        self.count()?;
+        Ok(Value::Number(n as f64))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Value, E> {
+        self.count()?;
+        Ok(Value::Number(n))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Value, E> {
+        self.count()?;
+        Ok(Value::str(s))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.count()?;
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.visit_unit()
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        self.deserialize(d)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        self.count()?;
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(self)? {
+            items.push(item);
+        }
+        Ok(Value::list(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut entries: A) -> Result<Value, A::Error> {
+        self.count()?;
+        let mut map = Map::new();
+        while let Some(key) = entries.next_key_seed(self)? {
+            let key = match key {
+                Value::String(s) => s.to_string(),
+                Value::Null => "null".into(),
+                other => crate::expr::to_template_string(&other),
+            };
+            let value = entries.next_value_seed(self)?;
+            if map.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "duplicate entry with key {key:?}"
+                )));
+            }
+            map.insert(key, value);
+        }
+        Ok(Value::object(map))
+    }
+
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
+        let (_tag, value): (String, _) = data.variant()?;
+        value.newtype_variant_seed(self)
     }
 }
 

@@ -144,7 +144,7 @@ async fn update(
         );
     }
     // Apply now, so the answer means the new limits are live.
-    state.library.rescan().await;
+    state.library.reload(&ws).await;
     keys_response(&ws, &next)
 }
 

@@ -7,7 +7,7 @@
 
 mod watch;
 
-pub use watch::{Change, Watcher};
+pub use watch::{Change, Edit, Watcher};
 
 use crate::dsl::{parse_automation, parse_yaml, Automation, Diagnostic};
 use crate::limits::Budgets;
@@ -97,11 +97,52 @@ pub fn read_secrets(file: &Path) -> Result<Map, Diagnostic> {
     }
 }
 
-/// Loads the workspace in `dir` with the secrets of `secrets_file`. The
-/// workspace id is the folder name. Fatal problems (unreadable or unparsable
-/// files, duplicate slugs) are returned as errors; compile problems are kept in
-/// `Workspace::diagnostics`.
+/// Reads a workspace file of at most `max_bytes` bytes; a larger one is refused
+/// before it is read whole, so its size costs neither memory nor parsing time.
+fn read_bounded(file: &Path, max_bytes: u64) -> Result<String, Diagnostic> {
+    use std::io::Read;
+    let too_big = |size: u64| Diagnostic {
+        file: file.to_path_buf(),
+        line: 1,
+        column: 1,
+        message: format!("file is {size} bytes, over runtime.max_file_bytes ({max_bytes})"),
+    };
+    let opened = std::fs::File::open(file).and_then(|f| Ok((f.metadata()?.len(), f)));
+    let (size, f) = opened.map_err(|e| diag(file, format!("cannot read file: {e}")))?;
+    if size > max_bytes {
+        return Err(too_big(size));
+    }
+    // The file may grow between the size check and the read: read one byte over.
+    let mut text = String::new();
+    f.take(max_bytes.saturating_add(1))
+        .read_to_string(&mut text)
+        .map_err(|e| diag(file, format!("cannot read file: {e}")))?;
+    if text.len() as u64 > max_bytes {
+        let size = std::fs::metadata(file).map_or(text.len() as u64, |m| m.len());
+        return Err(too_big(size));
+    }
+    Ok(text)
+}
+
+/// Loads the workspace in `dir` with the secrets of `secrets_file`, refusing
+/// files over the default `runtime.max_file_bytes`; see [`load_with`].
 pub fn load(dir: &Path, secrets_file: Option<&Path>) -> Result<Workspace, Vec<Diagnostic>> {
+    load_with(
+        dir,
+        secrets_file,
+        crate::config::Settings::default().runtime.max_file_bytes,
+    )
+}
+
+/// Loads the workspace in `dir` with the secrets of `secrets_file`. The
+/// workspace id is the folder name. Fatal problems (unreadable, oversized or
+/// unparsable files, duplicate slugs) are returned as errors; compile problems
+/// are kept in `Workspace::diagnostics`.
+pub fn load_with(
+    dir: &Path,
+    secrets_file: Option<&Path>,
+    max_file_bytes: u64,
+) -> Result<Workspace, Vec<Diagnostic>> {
     let id = id_of(dir);
     let mut errors = Vec::new();
     let entries = match std::fs::read_dir(dir) {
@@ -137,10 +178,10 @@ pub fn load(dir: &Path, secrets_file: Option<&Path>) -> Result<Workspace, Vec<Di
     let mut automations: HashMap<String, Arc<Automation>> = HashMap::new();
     let mut diagnostics = Vec::new();
     for file in files {
-        let text = match std::fs::read_to_string(&file) {
+        let text = match read_bounded(&file, max_file_bytes) {
             Ok(t) => t,
-            Err(e) => {
-                errors.push(diag(&file, format!("cannot read file: {e}")));
+            Err(d) => {
+                errors.push(d);
                 continue;
             }
         };

@@ -4,8 +4,12 @@
 //! Polling a few small folders twice a second is cheap, works the same on every
 //! file system (network mounts and container volumes included) and needs no
 //! platform watcher; the SPEC's "live within 2 s" leaves room for it.
+//!
+//! A scan only reports what changed; loading is left to the caller
+//! ([`Edit::load`]), so a slow workspace can load on its own thread without
+//! holding up the scan of the others.
 
-use super::{load, valid_id, Workspace};
+use super::{load_with, valid_id, Workspace};
 use crate::dsl::Diagnostic;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,17 +18,27 @@ use std::time::SystemTime;
 /// What changed since the previous scan.
 #[derive(Debug)]
 pub enum Change {
-    /// A new or edited workspace, loaded.
-    Loaded(Box<Workspace>),
-    /// An edit that does not load: the previous version stays.
-    Failed {
-        /// The workspace id.
-        id: String,
-        /// What is wrong, with locations.
-        errors: Vec<Diagnostic>,
-    },
+    /// A new or edited workspace, to load.
+    Edited(Edit),
     /// The workspace folder is gone.
     Removed(String),
+}
+
+/// A workspace to (re)load: where it is and how large its files may be.
+#[derive(Debug, Clone)]
+pub struct Edit {
+    /// The workspace id.
+    pub id: String,
+    dir: PathBuf,
+    secrets: PathBuf,
+    max_file_bytes: u64,
+}
+
+impl Edit {
+    /// Reads and compiles the workspace; errors carry their locations.
+    pub fn load(&self) -> Result<Workspace, Vec<Diagnostic>> {
+        load_with(&self.dir, Some(&self.secrets), self.max_file_bytes)
+    }
 }
 
 type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
@@ -33,6 +47,7 @@ type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
 pub struct Watcher {
     root: PathBuf,
     secrets: PathBuf,
+    max_file_bytes: u64,
     known: HashMap<String, Fingerprint>,
 }
 
@@ -42,11 +57,13 @@ fn entry(path: &Path) -> Option<(PathBuf, u64, Option<SystemTime>)> {
 }
 
 impl Watcher {
-    /// A watcher that has seen nothing yet: the first scan loads everything.
-    pub fn new(root: PathBuf, secrets: PathBuf) -> Watcher {
+    /// A watcher that has seen nothing yet: the first scan reports every
+    /// workspace; their files may be up to `max_file_bytes` long.
+    pub fn new(root: PathBuf, secrets: PathBuf, max_file_bytes: u64) -> Watcher {
         Watcher {
             root,
             secrets,
+            max_file_bytes,
             known: HashMap::new(),
         }
     }
@@ -75,7 +92,34 @@ impl Watcher {
         files
     }
 
-    /// Loads what is new or changed and reports what went away.
+    fn edit(&self, id: &str, dir: PathBuf) -> Edit {
+        Edit {
+            id: id.to_string(),
+            dir,
+            secrets: self.secrets_file(id),
+            max_file_bytes: self.max_file_bytes,
+        }
+    }
+
+    /// The workspace `id` as it is now, changed or not (an operator asked for
+    /// it to be reloaded); `None` when it is not a workspace.
+    pub fn take(&mut self, id: &str) -> Option<Change> {
+        if !valid_id(id) {
+            return None;
+        }
+        let dir = self.root.join(id);
+        if !dir.is_dir() {
+            return self
+                .known
+                .remove(id)
+                .map(|_| Change::Removed(id.to_string()));
+        }
+        let print = self.fingerprint(id, &dir);
+        self.known.insert(id.to_string(), print);
+        Some(Change::Edited(self.edit(id, dir)))
+    }
+
+    /// Reports what is new or changed and what went away.
     pub fn scan(&mut self) -> Vec<Change> {
         let mut changes = Vec::new();
         let mut seen = Vec::new();
@@ -99,14 +143,7 @@ impl Watcher {
             if self.known.get(&id) == Some(&print) {
                 continue;
             }
-            let secrets = self.secrets_file(&id);
-            changes.push(match load(&dir, Some(&secrets)) {
-                Ok(ws) => Change::Loaded(Box::new(ws)),
-                Err(errors) => Change::Failed {
-                    id: id.clone(),
-                    errors,
-                },
-            });
+            changes.push(Change::Edited(self.edit(&id, dir)));
             // Remember failures too: a broken file is reported once, not every scan.
             self.known.insert(id, print);
         }
@@ -132,8 +169,10 @@ mod tests {
         changes
             .iter()
             .map(|c| match c {
-                Change::Loaded(ws) => format!("loaded {}", ws.id),
-                Change::Failed { id, .. } => format!("failed {id}"),
+                Change::Edited(edit) => match edit.load() {
+                    Ok(ws) => format!("loaded {}", ws.id),
+                    Err(_) => format!("failed {}", edit.id),
+                },
                 Change::Removed(id) => format!("removed {id}"),
             })
             .collect()
@@ -146,7 +185,7 @@ mod tests {
         let ws = root.path().join("a");
         std::fs::create_dir(&ws).unwrap();
         std::fs::write(ws.join("x.yml"), "do: []\n").unwrap();
-        let mut w = Watcher::new(root.path().into(), secrets.path().into());
+        let mut w = Watcher::new(root.path().into(), secrets.path().into(), 1024);
         assert_eq!(ids(&w.scan()), vec!["loaded a"]);
         assert!(w.scan().is_empty());
 
@@ -158,7 +197,15 @@ mod tests {
         std::fs::write(ws.join("x.yml"), "do: []\n").unwrap();
         assert_eq!(ids(&w.scan()), vec!["loaded a"]);
 
+        std::fs::write(ws.join("x.yml"), format!("do: []\n#{}\n", "x".repeat(1024))).unwrap();
+        assert_eq!(ids(&w.scan()), vec!["failed a"], "over max_file_bytes");
+        assert_eq!(
+            ids(&w.take("a").into_iter().collect::<Vec<_>>()),
+            vec!["failed a"]
+        );
+
         std::fs::remove_dir_all(&ws).unwrap();
         assert_eq!(ids(&w.scan()), vec!["removed a"]);
+        assert!(w.take("a").is_none());
     }
 }
