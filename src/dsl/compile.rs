@@ -192,10 +192,16 @@ pub fn parse_yaml(file: &Path, text: &str, quote: bool) -> Result<Value, Diagnos
     Builder { left: &left }
         .deserialize(serde_yaml::Deserializer::from_str(text))
         .map_err(|e| {
-            let (line, column) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((0, 0));
+            // Some errors carry no position (a second document, a value the builder
+            // refused): point at the second document's marker when there is one, else
+            // at the file's start, so that every diagnostic stays file:line:column.
+            let (line, column) = match e.location() {
+                Some(l) => within_text(text, l.line(), l.column()),
+                None => match text.find("\n---") {
+                    Some(at) => Locator::new(text).position_of(at + 1),
+                    None => (1, 1),
+                },
+            };
             let message = if quote {
                 format!("invalid YAML: {}", strip_location(&e.to_string()))
             } else {
@@ -208,6 +214,15 @@ pub fn parse_yaml(file: &Path, text: &str, quote: bool) -> Result<Value, Diagnos
                 message,
             }
         })
+}
+
+/// A parser position moved into the text: at the end of input the parser counts
+/// a line (or a column) past the last one, which no editor can jump to.
+fn within_text(text: &str, line: usize, column: usize) -> (usize, usize) {
+    let lines: Vec<&str> = text.split('\n').collect();
+    let line = line.clamp(1, lines.len());
+    let width = lines[line - 1].trim_end_matches('\r').chars().count() + 1;
+    (line, column.clamp(1, width))
 }
 
 /// Builds runtime values straight from the parser (tags are ignored, keys
@@ -479,9 +494,10 @@ impl Compiler<'_> {
                     "an instruction must be a mapping like `- set: {{...}}`, found {}",
                     describe(other)
                 );
+                // A list or number has no text of its own to find: its item marker does.
                 let pos = match other {
                     Value::String(s) => self.locator.find(s),
-                    _ => (0, 0),
+                    _ => self.locator.find("- "),
                 };
                 self.report(pos, message.clone());
                 return Some(Instruction {
