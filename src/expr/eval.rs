@@ -46,7 +46,7 @@ impl Expr {
 
     /// Evaluates to the raw value; conditions apply `Value::truthy()`.
     pub fn eval(&self, scope: &dyn Scope) -> Result<Value, ExprError> {
-        self.eval_within(scope, &scope.budgets())
+        self.eval_within(scope, scope.budgets())
     }
 
     /// [`Expr::eval`] with the scope's budgets already fetched (once per template render).

@@ -43,8 +43,8 @@ pub trait Scope {
 
     /// What an evaluation may produce (string sizes, regex sizes); the runtime gives the
     /// workspace's budgets, anything else the defaults.
-    fn budgets(&self) -> Budgets {
-        Budgets::default()
+    fn budgets(&self) -> &Budgets {
+        &Budgets::DEFAULT
     }
 }
 

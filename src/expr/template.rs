@@ -81,7 +81,7 @@ impl Template {
             Kind::Literal => Ok(Value::String(self.text.clone())),
             Kind::LoneVar(keys) => Ok(scope.lookup(keys)),
             Kind::LoneExpr(e) => e.eval(scope),
-            Kind::Mixed(_) => self.render_pass(scope, &scope.budgets(), 0, &self.text),
+            Kind::Mixed(_) => self.render_pass(scope, scope.budgets(), 0, &self.text),
         }
     }
 
@@ -434,8 +434,8 @@ mod tests {
             crate::expr::get_path(&self.vars, path)
         }
 
-        fn budgets(&self) -> Budgets {
-            self.budgets
+        fn budgets(&self) -> &Budgets {
+            &self.budgets
         }
     }
 

@@ -60,18 +60,23 @@ pub struct Budgets {
     pub max_wait_secs: u64,
 }
 
+impl Budgets {
+    /// The built-in budgets, as `config/default.yaml` documents them.
+    pub const DEFAULT: Budgets = Budgets {
+        max_instructions: 1_000_000,
+        max_string_bytes: 10 * 1024 * 1024,
+        max_entries: 1_000_000,
+        max_value_bytes: 16 * 1024 * 1024,
+        max_depth: 128,
+        max_list_index: 1_000_000,
+        max_regex_bytes: 1024 * 1024,
+        max_wait_secs: 86_400,
+    };
+}
+
 impl Default for Budgets {
     fn default() -> Budgets {
-        Budgets {
-            max_instructions: 1_000_000,
-            max_string_bytes: 10 * 1024 * 1024,
-            max_entries: 1_000_000,
-            max_value_bytes: 16 * 1024 * 1024,
-            max_depth: 128,
-            max_list_index: 1_000_000,
-            max_regex_bytes: 1024 * 1024,
-            max_wait_secs: 86_400,
-        }
+        Budgets::DEFAULT
     }
 }
 

@@ -9,7 +9,7 @@ use crate::value::{Map, Value};
 use crate::workspace::Workspace;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -44,6 +44,9 @@ pub struct Exec<'a> {
     /// by root name (`x`, `global.x`), so a write into a big variable need not
     /// measure all of it again.
     pub sizes: Mutex<HashMap<String, usize>>,
+    /// Whether `sizes` holds anything: most executions only replace whole
+    /// variables and never need to lock it.
+    pub sized: AtomicBool,
 }
 
 /// An instruction's values after interpolation (DSUL §2.4): computed before it
@@ -146,8 +149,8 @@ impl Scope for Exec<'_> {
         }
     }
 
-    fn budgets(&self) -> Budgets {
-        self.ws.budgets
+    fn budgets(&self) -> &Budgets {
+        &self.ws.budgets
     }
 }
 
@@ -179,16 +182,6 @@ impl<'a> Exec<'a> {
             .throttled(&self.ws.id, kind, waited, &self.throttled);
     }
 
-    /// Counts one instruction (or loop iteration) against the budget, and now and
-    /// then lets the scheduler run other tasks: nothing else would preempt a loop
-    /// whose limiters never make it wait.
-    async fn tick(&self) -> Result<(), ExecError> {
-        if self.meter.tick(&self.ws.budgets)? {
-            tokio::task::yield_now().await;
-        }
-        Ok(())
-    }
-
     fn add_throttled(&self, d: Duration) {
         self.throttled
             .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
@@ -206,7 +199,12 @@ impl<'a> Exec<'a> {
     pub fn block(&'a self, body: &'a [Instruction]) -> BoxFuture<'a, Result<Flow, ExecError>> {
         Box::pin(async move {
             for i in body {
-                self.tick().await.map_err(|e| e.at(|| self.location(i)))?;
+                // Now and then let the scheduler run other tasks: nothing else would
+                // preempt a loop whose limiters never make it wait.
+                let turn = self.meter.tick(&self.ws.budgets);
+                if turn.map_err(|e| ExecError::from(e).at(|| self.location(i)))? {
+                    tokio::task::yield_now().await;
+                }
                 let flow = self
                     .instruction(i)
                     .await
@@ -389,24 +387,29 @@ impl<'a> Exec<'a> {
         // Where the value lands: a pushed value sits one level below its list.
         let depth = rest.len() + usize::from(mode == Mode::Push);
         let added = budget::measure(value, budgets, depth)?;
+        let replace_all = rest.is_empty() && mode == Mode::Replace;
+        if replace_all {
+            budget::check_size(added, budgets)?;
+            if !self.sized.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+        }
         let root = key_str(first);
         let name = match context {
             Some(c) => std::borrow::Cow::Owned(format!("{c}.{root}")),
             None => root.clone(),
         };
         let mut sizes = lock(&self.sizes);
-        if rest.is_empty() && mode == Mode::Replace {
-            budget::check_size(added, budgets)?;
+        if replace_all {
             if let Some(known) = sizes.get_mut(name.as_ref()) {
                 *known = added;
             }
             return Ok(());
         }
         let current = map.get(root.as_ref());
-        let old = match sizes.get(name.as_ref()) {
-            Some(known) => *known,
-            None => current.map_or(0, budget::size_of),
-        };
+        let measured = || current.map_or(0, budget::size_of);
+        let known = sizes.get(name.as_ref()).copied();
+        let old = known.unwrap_or_else(measured);
         let (freed, extra) = match mode {
             Mode::Replace => (
                 current.map_or(0, |v| budget::size_of(&get_path(v, rest))),
@@ -415,12 +418,20 @@ impl<'a> Exec<'a> {
             Mode::Push => (0, 1),
             Mode::Merge => (0, 0),
         };
-        let new = old.saturating_sub(freed).saturating_add(added + extra);
+        let mut new = old.saturating_sub(freed).saturating_add(added + extra);
+        if new > budgets.max_value_bytes && known.is_some() {
+            // A known size only grows (merges count what they overwrite, deletes
+            // free nothing): measure the variable before refusing the write.
+            new = measured()
+                .saturating_sub(freed)
+                .saturating_add(added + extra);
+        }
         budget::check_size(new, budgets)?;
         match sizes.get_mut(name.as_ref()) {
             Some(known) => *known = new,
             None => {
                 sizes.insert(name.into_owned(), new);
+                self.sized.store(true, Ordering::Relaxed);
             }
         }
         Ok(())
@@ -513,7 +524,9 @@ impl<'a> Exec<'a> {
         let mut flow = Flow::Continue;
         for index in 0..count {
             // An iteration counts as an instruction, so an empty body still ends.
-            self.tick().await?;
+            if self.meter.tick(&self.ws.budgets)? {
+                tokio::task::yield_now().await;
+            }
             self.take(LimitKind::Repeats, 1).await;
             let item = items.item(index);
             {

@@ -29,7 +29,7 @@ use crate::value::{Map, Value};
 use crate::workspace::Workspace;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
@@ -475,6 +475,7 @@ impl Inner {
             throttled,
             meter: x.meter.clone(),
             sizes: Mutex::default(),
+            sized: AtomicBool::new(false),
         };
         let flow = exec.block(&x.automation.body).await?;
         let output = exec.output()?;

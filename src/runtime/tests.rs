@@ -487,3 +487,21 @@ async fn a_workspace_secret_overrides_a_budget() {
     let e = rt.run(start("main", json!({}))).await.unwrap_err();
     assert!(e.message.contains("budget of 100 "), "{e}");
 }
+
+#[tokio::test]
+async fn merges_and_deletes_in_a_loop_are_not_mistaken_for_growth() {
+    // Each merge overwrites the same key and each delete frees what the push
+    // added: the variable stays small however long the loop runs.
+    let f = fixture_with(
+        &[(
+            "main",
+            "do:\n  - repeat:\n      on: 3000\n      do:\n        - set: {name: o, type: merge, value: {k: '{{body.s}}{{$index}}'}}\n        - set: {name: 'o.l[]', value: '{{body.s}}'}\n        - delete: {name: o.l}\noutput: '{{o.k.length}}'\n",
+        )],
+        |s| s.budgets.max_value_bytes = 20_000,
+    );
+    let s = "x".repeat(5_000);
+    assert_eq!(
+        f.run("main", json!({"body": {"s": s}})).await.unwrap(),
+        json!(5_004)
+    );
+}
