@@ -9,18 +9,35 @@
 use crate::limits::{BudgetExceeded, Budgets};
 use crate::value::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 /// How many instructions run between two yields to the scheduler, so that a
 /// loop that never waits on a limiter still lets other workspaces' work run.
 const YIELD_EVERY: u64 = 128;
 
-/// Instructions run so far by an execution and the automations it calls: a call
-/// shares its caller's meter, so a loop of calls cannot multiply the budget.
-#[derive(Debug, Default, Clone)]
-pub(super) struct Meter(Arc<AtomicU64>);
+/// Instructions run so far by an execution and the automations it calls. A
+/// callee's meter starts at its caller's count and the caller takes the
+/// callee's final count back, so a loop of calls cannot multiply the budget
+/// (and a plain execution pays for no shared allocation).
+#[derive(Debug, Default)]
+pub(super) struct Meter(AtomicU64);
 
 impl Meter {
+    /// A meter that has already counted `n` instructions (a callee's, from its caller).
+    pub(super) fn starting_at(n: u64) -> Meter {
+        Meter(AtomicU64::new(n))
+    }
+
+    /// The instructions counted so far.
+    pub(super) fn count(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Adds what a callee ran, from the count it started at to the count it ended at.
+    pub(super) fn add_callee(&self, started: u64, ended: u64) {
+        self.0
+            .fetch_add(ended.saturating_sub(started), Ordering::Relaxed);
+    }
+
     /// Counts one instruction; `Ok(true)` when it is time to yield to the scheduler.
     pub(super) fn tick(&self, budgets: &Budgets) -> Result<bool, BudgetExceeded> {
         let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
@@ -179,11 +196,16 @@ mod tests {
     #[test]
     fn the_meter_yields_regularly_and_stops_at_the_budget() {
         let meter = Meter::default();
-        let shared = meter.clone();
-        let yields = (0..300)
-            .filter(|_| shared.tick(&small()).expect("within budget"))
+        let yields = (0..290)
+            .filter(|_| meter.tick(&small()).expect("within budget"))
             .count();
         assert_eq!(yields, 2);
+        let callee = Meter::starting_at(meter.count());
+        for _ in 0..10 {
+            callee.tick(&small()).expect("within budget");
+        }
+        meter.add_callee(290, callee.count());
+        assert_eq!(meter.count(), 300);
         let e = meter.tick(&small()).unwrap_err();
         assert_eq!(e.name, "max_instructions");
         assert!(e.to_string().contains("more than 300 instructions"), "{e}");

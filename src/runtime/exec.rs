@@ -571,6 +571,7 @@ impl<'a> Exec<'a> {
             Value::Object(m) => Arc::unwrap_or_clone(m),
             _ => Map::new(),
         };
+        let started = self.meter.count();
         let outcome = self
             .rt
             .execute(Execution {
@@ -581,9 +582,10 @@ impl<'a> Exec<'a> {
                 depth: self.depth,
                 trigger: Trigger::new("automation", self.automation.slug.as_str()),
                 http: None,
-                meter: self.meter.clone(),
+                instructions: started,
             })
             .await?;
+        self.meter.add_callee(started, outcome.instructions);
         self.add_throttled(outcome.throttled);
         self.store_output(&args, outcome.output)?;
         Ok(if outcome.stop_callers {

@@ -79,6 +79,9 @@ pub struct Outcome {
     pub throttled: Duration,
     /// Wall time of the execution, throttling included.
     pub duration: Duration,
+    /// Instructions counted when it ended, its callees' included (for a call,
+    /// counting from the caller's count when the call started).
+    pub instructions: u64,
 }
 
 /// A request to run one automation from a trigger.
@@ -319,7 +322,7 @@ impl Runtime {
                 depth: start.depth,
                 trigger: start.trigger,
                 http: start.http,
-                meter: budget::Meter::default(),
+                instructions: 0,
             })
             .await
     }
@@ -351,8 +354,8 @@ struct Execution {
     depth: u32,
     trigger: Trigger,
     http: Option<(String, String)>,
-    /// The instruction count: new for a triggered execution, the caller's for a call.
-    meter: budget::Meter,
+    /// Instructions already counted: 0 for a triggered execution, the caller's count for a call.
+    instructions: u64,
 }
 
 impl Inner {
@@ -473,7 +476,7 @@ impl Inner {
             depth: x.depth + 1,
             trigger: &x.trigger,
             throttled,
-            meter: x.meter.clone(),
+            meter: budget::Meter::starting_at(x.instructions),
             sizes: Mutex::default(),
             sized: AtomicBool::new(false),
         };
@@ -487,6 +490,7 @@ impl Inner {
             throttled,
             // Waits on a test's simulated clock count as if they had been real.
             duration: started.elapsed() + (self.limits.simulated() - simulated),
+            instructions: exec.meter.count(),
         };
         if let (Some(payload), Some(started_at)) = (trigger_payload, started_at) {
             self.executed(&x, &outcome, payload, started_at);
@@ -582,7 +586,7 @@ impl EventHandler for Listeners {
                         event_id: Some(event.id.clone()),
                     },
                     http: None,
-                    meter: budget::Meter::default(),
+                    instructions: 0,
                 };
                 let inner = &inner;
                 let event = &event;
