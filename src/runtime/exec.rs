@@ -380,6 +380,35 @@ impl<'a> Exec<'a> {
         value: &Value,
         mode: Mode,
     ) -> Result<(), ExecError> {
+        // Most writes replace a whole variable with a scalar or a short string:
+        // settle those with a compare or two before any walk or lock.
+        if keys.len() == 1 && mode == Mode::Replace && !self.sized.load(Ordering::Relaxed) {
+            let budgets = &self.ws.budgets;
+            let fits = match value {
+                Value::String(s) => {
+                    s.len() <= budgets.max_string_bytes && s.len() + 2 <= budgets.max_value_bytes
+                }
+                Value::List(_) | Value::Object(_) => false,
+                _ => 8 <= budgets.max_value_bytes,
+            };
+            if fits {
+                return Ok(());
+            }
+        }
+        self.check_any_write(context, map, keys, value, mode)
+    }
+
+    /// [`Exec::check_write`] for any write: measures the value, and the variable
+    /// when the write goes inside it.
+    #[inline(never)]
+    fn check_any_write(
+        &self,
+        context: Option<&str>,
+        map: &Map,
+        keys: &[Key],
+        value: &Value,
+        mode: Mode,
+    ) -> Result<(), ExecError> {
         let budgets = &self.ws.budgets;
         let Some((first, rest)) = keys.split_first() else {
             return Ok(());
@@ -816,6 +845,7 @@ impl Items {
     }
 
     /// The item of iteration `index`; strings must be read in order.
+    #[inline]
     fn item(&mut self, index: u64) -> Value {
         let at = usize::try_from(index).unwrap_or(usize::MAX);
         match self {
