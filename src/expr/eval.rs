@@ -339,8 +339,10 @@ pub(crate) struct CompiledRegex(pub Arc<Regex>);
 /// Cache key: source, flags and the size limit it was compiled under.
 type RegexKey = (String, String, usize);
 
-/// How many compiled patterns one thread keeps; past it the cache starts over.
-const REGEX_CACHE_ENTRIES: usize = 256;
+/// How many compiled patterns one thread keeps; past it the cache starts over. Each
+/// may take up to `max_regex_bytes` (plus its lazy DFA's cache), so this many times
+/// the default budget is what a tenant feeding distinct patterns can pin per thread.
+const REGEX_CACHE_ENTRIES: usize = 64;
 
 /// Longer sources are compiled each time rather than kept, so the cache's text stays small.
 const REGEX_CACHE_SOURCE_BYTES: usize = 4096;

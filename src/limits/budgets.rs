@@ -69,7 +69,7 @@ impl Budgets {
         max_value_bytes: 16 * 1024 * 1024,
         max_depth: 128,
         max_list_index: 1_000_000,
-        max_regex_bytes: 1024 * 1024,
+        max_regex_bytes: 256 * 1024,
         max_wait_secs: 86_400,
     };
 }
