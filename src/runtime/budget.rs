@@ -9,38 +9,55 @@
 use crate::limits::{BudgetExceeded, Budgets};
 use crate::value::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-/// How many instructions run between two yields to the scheduler, so that a
-/// loop that never waits on a limiter still lets other workspaces' work run.
-const YIELD_EVERY: u64 = 128;
+/// How many instructions run between two looks at the clock.
+const CHECK_EVERY: u64 = 128;
+
+/// How long an execution may run without giving the scheduler a turn, so that a
+/// loop that never waits on a limiter still lets other workspaces' work run. A
+/// yield costs a trip through the scheduler (microseconds), so it is paid by
+/// time, not by instruction count.
+const YIELD_AFTER: Duration = Duration::from_millis(1);
 
 /// Instructions run so far by an execution and the automations it calls. A
 /// callee's meter starts at its caller's count and the caller takes the
 /// callee's final count back, so a loop of calls cannot multiply the budget
 /// (and a plain execution pays for no shared allocation).
-#[derive(Debug, Default)]
-pub(super) struct Meter(AtomicU64);
+#[derive(Debug)]
+pub(super) struct Meter {
+    count: AtomicU64,
+    /// When the execution started: the clock the yields are measured on.
+    started: Instant,
+    /// Nanoseconds after `started` of the last turn given to the scheduler.
+    yielded: AtomicU64,
+}
 
 impl Meter {
     /// A meter that has already counted `n` instructions (a callee's, from its caller).
     pub(super) fn starting_at(n: u64) -> Meter {
-        Meter(AtomicU64::new(n))
+        Meter {
+            count: AtomicU64::new(n),
+            started: Instant::now(),
+            yielded: AtomicU64::new(0),
+        }
     }
 
     /// The instructions counted so far.
     pub(super) fn count(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.count.load(Ordering::Relaxed)
     }
 
     /// Adds what a callee ran, from the count it started at to the count it ended at.
     pub(super) fn add_callee(&self, started: u64, ended: u64) {
-        self.0
+        self.count
             .fetch_add(ended.saturating_sub(started), Ordering::Relaxed);
     }
 
-    /// Counts one instruction; `Ok(true)` when it is time to yield to the scheduler.
+    /// Counts one instruction; `Ok(true)` when the execution has run for
+    /// [`YIELD_AFTER`] since its last yield and should give the scheduler a turn.
     pub(super) fn tick(&self, budgets: &Budgets) -> Result<bool, BudgetExceeded> {
-        let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
         if n > budgets.max_instructions {
             return Err(BudgetExceeded::new(
                 budgets,
@@ -52,7 +69,16 @@ impl Meter {
                 n,
             ));
         }
-        Ok(n.is_multiple_of(YIELD_EVERY))
+        if !n.is_multiple_of(CHECK_EVERY) {
+            return Ok(false);
+        }
+        let now = self.started.elapsed().as_nanos() as u64;
+        let due = now.saturating_sub(self.yielded.load(Ordering::Relaxed))
+            >= YIELD_AFTER.as_nanos() as u64;
+        if due {
+            self.yielded.store(now, Ordering::Relaxed);
+        }
+        Ok(due)
     }
 }
 
@@ -194,12 +220,21 @@ mod tests {
     }
 
     #[test]
-    fn the_meter_yields_regularly_and_stops_at_the_budget() {
-        let meter = Meter::default();
-        let yields = (0..290)
+    fn the_meter_yields_after_a_millisecond_of_work_and_stops_at_the_budget() {
+        let meter = Meter::starting_at(0);
+        for _ in 0..128 {
+            meter.tick(&small()).expect("within budget");
+        }
+        // The clock is only read every CHECK_EVERY instructions: after a
+        // millisecond's pause, exactly the next reading asks for a yield.
+        std::thread::sleep(YIELD_AFTER);
+        let yields = (128..256)
             .filter(|_| meter.tick(&small()).expect("within budget"))
             .count();
-        assert_eq!(yields, 2);
+        assert_eq!(yields, 1);
+        for _ in 256..290 {
+            meter.tick(&small()).expect("within budget");
+        }
         let callee = Meter::starting_at(meter.count());
         for _ in 0..10 {
             callee.tick(&small()).expect("within budget");
