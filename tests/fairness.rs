@@ -2,17 +2,10 @@
 //! in one workspace must not hold back another workspace's webhook. Alone in its
 //! test binary so that no other test competes for the cores it measures.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::serve;
-
-fn put(root: &Path, ws: &str, name: &str, text: &str) {
-    let dir = root.join("automations").join(ws);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join(name), text).unwrap();
-}
+use common::{put, serve};
 
 #[test]
 fn two_unthrottled_loops_do_not_hold_back_another_workspaces_webhook() {
@@ -29,12 +22,11 @@ fn two_unthrottled_loops_do_not_hold_back_another_workspaces_webhook() {
         "spin.yml",
         "slug: spin\nwhen: {endpoint: true}\ndo:\n  - repeat:\n      on: 10000000\n      do:\n        - set: {name: x, value: '{{$index}}'}\n",
     );
-    std::fs::create_dir_all(dir.path().join("secrets")).unwrap();
-    std::fs::write(
-        dir.path().join("secrets/spinner.yml"),
+    common::secrets(
+        dir.path(),
+        "spinner",
         "prismeai_ratelimit_disabled: true\nsluice_max_instructions: 100000000\n",
-    )
-    .unwrap();
+    );
     let s = serve(dir.path());
     let spin = format!("{}/v2/workspaces/spinner/webhooks/spin", s.base);
     let ping = format!("{}/v2/workspaces/victim/webhooks/ping", s.base);

@@ -17,22 +17,14 @@ use std::time::Duration;
 
 /// Writes `files` into workspace `ws` under `root/automations`.
 fn workspace(root: &Path, ws: &str, files: &[(&str, &str)]) {
-    let dir = root.join("automations").join(ws);
-    std::fs::create_dir_all(&dir).unwrap();
     for (name, text) in files {
-        std::fs::write(dir.join(name), text).unwrap();
+        common::put(root, ws, name, text);
     }
 }
 
 /// Turns the rate limits of `ws` off, so only the bus bounds it.
 fn unlimited(root: &Path, ws: &str) {
-    let dir = root.join("secrets");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join(format!("{ws}.yml")),
-        "prismeai_ratelimit_disabled: true\n",
-    )
-    .unwrap();
+    common::secrets(root, ws, "prismeai_ratelimit_disabled: true\n");
 }
 
 /// `sluice serve` with `settings` (YAML) as its settings file, once healthy.

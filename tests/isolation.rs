@@ -3,18 +3,10 @@
 //! serving another workspace and its memory stays bounded.
 
 use serde_json::{json, Value as J};
-use std::path::Path;
 use std::time::Duration;
 
 mod common;
-use common::{serve, Serve};
-
-/// Writes `text` as `automations/<ws>/<name>` under `root`.
-fn put(root: &Path, ws: &str, name: &str, text: &str) {
-    let dir = root.join("automations").join(ws);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join(name), text).unwrap();
-}
+use common::{put, serve, Serve};
 
 /// Posts `body` to a webhook; the status and the answer's text.
 fn call(s: &Serve, ws: &str, slug: &str, body: &J) -> (u16, String) {
@@ -126,12 +118,7 @@ fn every_bomb_fails_its_own_request_and_the_process_keeps_serving() {
         put(dir.path(), "hostile", &format!("{}.yml", b.slug), &text);
     }
     // Rate limits off: only the budgets stand between the bombs and the process.
-    std::fs::create_dir_all(dir.path().join("secrets")).unwrap();
-    std::fs::write(
-        dir.path().join("secrets/hostile.yml"),
-        "prismeai_ratelimit_disabled: true\n",
-    )
-    .unwrap();
+    common::secrets(dir.path(), "hostile", "prismeai_ratelimit_disabled: true\n");
     let s = serve(dir.path());
     let baseline = rss_mb(&s);
     for b in &bombs {

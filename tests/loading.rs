@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 mod common;
-use common::{get, serve, within, write};
+use common::{get, put, serve, within, write};
 
 const MAX_FILE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -31,12 +31,6 @@ fn big_automation(size: usize) -> String {
     }
     text.push_str("output: '{{v0}}'\n");
     text
-}
-
-fn workspace(root: &Path, id: &str, name: &str, text: &str) {
-    let ws = root.join("automations").join(id);
-    std::fs::create_dir_all(&ws).unwrap();
-    std::fs::write(ws.join(name), text).unwrap();
 }
 
 fn validate(dir: &Path) -> (i32, String) {
@@ -150,7 +144,7 @@ fn a_ten_megabyte_file_is_refused_and_the_workspace_keeps_serving() {
 #[test]
 fn an_edit_is_live_within_two_seconds_while_another_workspace_loads_a_big_file() {
     let dir = tempfile::tempdir().unwrap();
-    workspace(dir.path(), "heavy", "small.yml", "do: []\n");
+    put(dir.path(), "heavy", "small.yml", "do: []\n");
     write(
         dir.path(),
         "a.yml",
@@ -162,7 +156,7 @@ fn an_edit_is_live_within_two_seconds_while_another_workspace_loads_a_big_file()
 
     let big = big_automation(MAX_FILE_BYTES - 1024);
     assert!(big.len() <= MAX_FILE_BYTES);
-    workspace(dir.path(), "heavy", "big.yml", &big);
+    put(dir.path(), "heavy", "big.yml", &big);
     // Let the watcher pick the big file up and start loading it.
     std::thread::sleep(Duration::from_millis(700));
     write(

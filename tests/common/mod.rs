@@ -75,10 +75,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Writes `text` as `automations/demo/<name>` under `root`.
 pub fn write(root: &Path, name: &str, text: &str) {
-    let ws = root.join("automations/demo");
-    std::fs::create_dir_all(&ws).unwrap();
-    std::fs::write(ws.join(name), text).unwrap();
+    put(root, "demo", name, text);
+}
+
+/// Writes `text` as `automations/<ws>/<name>` under `root`.
+pub fn put(root: &Path, ws: &str, name: &str, text: &str) {
+    let dir = root.join("automations").join(ws);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+/// Writes `text` as the secrets file of `ws` under `root/secrets`.
+pub fn secrets(root: &Path, ws: &str, text: &str) {
+    let dir = root.join("secrets");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{ws}.yml")), text).unwrap();
 }
 
 pub fn get(url: &str) -> Option<(u16, String)> {
