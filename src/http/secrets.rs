@@ -10,37 +10,9 @@ use crate::limits::Limiters;
 use crate::value::{Map, Value};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use subtle::ConstantTimeEq;
-
-/// Checks `Authorization: Bearer <SLUICE_ADMIN_TOKEN>`.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = state
-        .settings
-        .admin_token
-        .as_deref()
-        .filter(|t| !t.is_empty())
-    else {
-        return Err(api_error(
-            StatusCode::FORBIDDEN,
-            "the secrets API is off: set SLUICE_ADMIN_TOKEN to enable it",
-        ));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        None => Err(api_error(
-            StatusCode::UNAUTHORIZED,
-            "missing `Authorization: Bearer <token>` header",
-        )),
-        Some(token) if bool::from(token.as_bytes().ct_eq(expected.as_bytes())) => Ok(()),
-        Some(_) => Err(api_error(StatusCode::FORBIDDEN, "wrong admin token")),
-    }
-}
 
 fn file_of(state: &AppState, ws: &str) -> std::path::PathBuf {
     state.settings.secrets.join(format!("{ws}.yml"))
@@ -54,7 +26,7 @@ fn keys_response(ws: &str, secrets: &Map) -> Response {
 
 /// Authorizes, finds the workspace and reads its current secrets.
 fn prepare(state: &AppState, headers: &HeaderMap, ws: &str) -> Result<Map, ApiError> {
-    authorize(state, headers)?;
+    super::auth::admin(state, headers)?;
     if state.runtime.workspace(ws).is_none() {
         return Err(api_error(
             StatusCode::NOT_FOUND,
