@@ -38,6 +38,8 @@ struct Shelves {
     /// The newest load (or removal) of each workspace; only it may install.
     newest: std::sync::Mutex<HashMap<String, u64>>,
     next: AtomicU64,
+    /// One secrets writer per workspace at a time, served in arrival order.
+    writers: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Library {
@@ -53,6 +55,7 @@ impl Library {
                 )),
                 newest: std::sync::Mutex::default(),
                 next: AtomicU64::new(0),
+                writers: std::sync::Mutex::default(),
             }),
         }
     }
@@ -78,6 +81,21 @@ impl Library {
         for load in self.start(move |w| w.take(&id).into_iter().collect()).await {
             let _ = load.await;
         }
+    }
+
+    /// Waits for the right to change the secrets of `id`: one writer per
+    /// workspace at a time, in the order they asked (tokio's lock is fair), so
+    /// read-modify-write changes never lose one another.
+    pub async fn secrets_writer(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .inner
+            .writers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
     }
 
     /// Scans with `scan` on the blocking pool (it reads folders), then applies
