@@ -61,7 +61,8 @@ impl Library {
     }
 
     /// Starts loading new and edited workspaces and drops removed ones, without
-    /// waiting for the loads; a workspace that fails to load keeps its last
+    /// waiting for the loads; a workspace that fails to load, or whose new
+    /// version has diagnostics where the running one has none, keeps its last
     /// good version and its errors are logged.
     pub async fn poll(&self) {
         self.start(|w| w.scan()).await;
@@ -163,6 +164,15 @@ impl Shelves {
         match loaded {
             Ok(ws) => {
                 let count = ws.automations.len();
+                // A first load with problems is installed (each fails only where it is
+                // reached), but it never replaces a version without any.
+                let running = self.runtime.workspace(id);
+                if !ws.diagnostics.is_empty() && running.is_some_and(|r| r.diagnostics.is_empty()) {
+                    for d in &ws.diagnostics {
+                        tracing::error!(workspace = %id, "{d}; keeping the last good version");
+                    }
+                    return;
+                }
                 for d in &ws.diagnostics {
                     tracing::warn!(workspace = %id, "{d}");
                 }
