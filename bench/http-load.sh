@@ -44,8 +44,8 @@ wrk -t1 -c1 -d5s --latency "$URL/v2/workspaces/bench/webhooks/hello" | grep -E "
 kill $PID; wait $PID 2>/dev/null || true
 
 echo "== default limits (100/s, burst 400): c16 for 10 s"
-start
-curl -sN "$URL/v2/workspaces/bench/events" > "$WORK/sse.txt" &
+start SLUICE_ADMIN_TOKEN=bench
+curl -sN -H "Authorization: Bearer bench" "$URL/v2/workspaces/bench/events" > "$WORK/sse.txt" &
 SSE=$!
 sleep 0.3
 wrk -t2 -c16 -d10s "$URL/v2/workspaces/bench/webhooks/hello" | grep -E "requests in"

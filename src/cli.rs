@@ -262,23 +262,6 @@ pub fn validate(dirs: &[PathBuf]) -> u8 {
             }
             Ok(ws) => {
                 let mut found = ws.diagnostics.clone();
-                let mut slugs: Vec<&String> = ws.automations.keys().collect();
-                slugs.sort();
-                for slug in slugs {
-                    let a = &ws.automations[slug];
-                    for (callee, line) in a.calls() {
-                        if ws.automation(callee).is_none() {
-                            found.push(crate::dsl::Diagnostic {
-                                file: a.file.clone(),
-                                line,
-                                column: 0,
-                                message: format!(
-                                    "`{callee}` is neither an instruction nor an automation of this workspace"
-                                ),
-                            });
-                        }
-                    }
-                }
                 found.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
                 for d in &found {
                     eprintln!("{d}");

@@ -38,6 +38,8 @@ struct Shelves {
     /// The newest load (or removal) of each workspace; only it may install.
     newest: std::sync::Mutex<HashMap<String, u64>>,
     next: AtomicU64,
+    /// One secrets writer per workspace at a time, served in arrival order.
+    writers: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Library {
@@ -53,12 +55,14 @@ impl Library {
                 )),
                 newest: std::sync::Mutex::default(),
                 next: AtomicU64::new(0),
+                writers: std::sync::Mutex::default(),
             }),
         }
     }
 
     /// Starts loading new and edited workspaces and drops removed ones, without
-    /// waiting for the loads; a workspace that fails to load keeps its last
+    /// waiting for the loads; a workspace that fails to load, or whose new
+    /// version has diagnostics where the running one has none, keeps its last
     /// good version and its errors are logged.
     pub async fn poll(&self) {
         self.start(|w| w.scan()).await;
@@ -78,6 +82,21 @@ impl Library {
         for load in self.start(move |w| w.take(&id).into_iter().collect()).await {
             let _ = load.await;
         }
+    }
+
+    /// Waits for the right to change the secrets of `id`: one writer per
+    /// workspace at a time, in the order they asked (tokio's lock is fair), so
+    /// read-modify-write changes never lose one another.
+    pub async fn secrets_writer(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .inner
+            .writers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
     }
 
     /// Scans with `scan` on the blocking pool (it reads folders), then applies
@@ -145,6 +164,15 @@ impl Shelves {
         match loaded {
             Ok(ws) => {
                 let count = ws.automations.len();
+                // A first load with problems is installed (each fails only where it is
+                // reached), but it never replaces a version without any.
+                let running = self.runtime.workspace(id);
+                if !ws.diagnostics.is_empty() && running.is_some_and(|r| r.diagnostics.is_empty()) {
+                    for d in &ws.diagnostics {
+                        tracing::error!(workspace = %id, "{d}; keeping the last good version");
+                    }
+                    return;
+                }
                 for d in &ws.diagnostics {
                     tracing::warn!(workspace = %id, "{d}");
                 }

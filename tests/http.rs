@@ -52,7 +52,7 @@ async fn server(admin_token: Option<&str>) -> Server {
     std::fs::create_dir_all(dir.path().join("secrets")).unwrap();
     std::fs::write(
         dir.path().join("secrets/demo.yml"),
-        "apiKey: sup3r-s3cret\n",
+        "apiKey: sup3r-s3cret\nsluice_events_token: read-t0ken\n",
     )
     .unwrap();
     let mut settings = Settings::load_from(None, &|_| None).unwrap();
@@ -85,11 +85,12 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
-    /// Opens the workspace's event stream.
+    /// Opens the workspace's event stream with its read token.
     async fn events(&self) -> reqwest::Response {
         let r = self
             .client
             .get(self.url("/v2/workspaces/demo/events"))
+            .bearer_auth("read-t0ken")
             .send()
             .await
             .unwrap();

@@ -1,9 +1,11 @@
 //! The HTTP routes of `sluice serve` (SPEC §3): webhooks, event ingestion, the
-//! per-workspace event stream, the operator secrets API, health and metrics.
+//! per-workspace event stream (guarded by a token), the operator secrets API,
+//! health and metrics.
 //!
 //! Handlers stay thin: they translate HTTP to a [`Runtime`] call and back. The
 //! state they share is explicit in [`AppState`].
 
+mod auth;
 mod secrets;
 
 use crate::bus::{check_event_type, Watch};
@@ -238,8 +240,16 @@ async fn ingest(State(state): State<AppState>, Path(ws): Path<String>, body: Byt
         .into_response()
 }
 
-async fn stream(State(state): State<AppState>, Path(ws): Path<String>) -> Response {
-    if state.runtime.workspace(&ws).is_none() {
+async fn stream(
+    State(state): State<AppState>,
+    Path(ws): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let workspace = state.runtime.workspace(&ws);
+    if let Err(e) = auth::reader(&state, &headers, workspace.as_deref()) {
+        return e.into_response();
+    }
+    if workspace.is_none() {
         return error(StatusCode::NOT_FOUND, format!("unknown workspace `{ws}`"));
     }
     let feed = state.runtime.bus().watch(&ws);

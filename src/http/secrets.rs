@@ -1,46 +1,22 @@
 //! The operator secrets API: read the keys, replace or merge a workspace's
 //! secrets. Values are written to the secrets file and never returned.
 //!
-//! A change is checked before anything is written (rate-limit overrides must be
-//! valid), written atomically, then loaded at once, so a
-//! refused request leaves both the file and the running limits as they were.
+//! Changes to one workspace are applied one at a time, in arrival order. A
+//! change is checked before anything is written (rate-limit overrides must be
+//! valid), written durably (temporary file, fsync, rename, fsync of the
+//! folder; mode 0600), then loaded at once, so a refused request leaves both
+//! the file and the running limits as they were, and a 200 means the change
+//! survives a crash. Error answers name the workspace, never a path.
 
 use super::{api_error, error, ApiError, AppState};
 use crate::limits::Limiters;
 use crate::value::{Map, Value};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use subtle::ConstantTimeEq;
-
-/// Checks `Authorization: Bearer <SLUICE_ADMIN_TOKEN>`.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = state
-        .settings
-        .admin_token
-        .as_deref()
-        .filter(|t| !t.is_empty())
-    else {
-        return Err(api_error(
-            StatusCode::FORBIDDEN,
-            "the secrets API is off: set SLUICE_ADMIN_TOKEN to enable it",
-        ));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        None => Err(api_error(
-            StatusCode::UNAUTHORIZED,
-            "missing `Authorization: Bearer <token>` header",
-        )),
-        Some(token) if bool::from(token.as_bytes().ct_eq(expected.as_bytes())) => Ok(()),
-        Some(_) => Err(api_error(StatusCode::FORBIDDEN, "wrong admin token")),
-    }
-}
+use std::sync::atomic::{AtomicU64, Ordering};
 
 fn file_of(state: &AppState, ws: &str) -> std::path::PathBuf {
     state.settings.secrets.join(format!("{ws}.yml"))
@@ -52,17 +28,27 @@ fn keys_response(ws: &str, secrets: &Map) -> Response {
     Json(serde_json::json!({"workspace": ws, "keys": keys})).into_response()
 }
 
-/// Authorizes, finds the workspace and reads its current secrets.
-fn prepare(state: &AppState, headers: &HeaderMap, ws: &str) -> Result<Map, ApiError> {
-    authorize(state, headers)?;
+/// Authorizes and checks that the workspace is loaded.
+fn check(state: &AppState, headers: &HeaderMap, ws: &str) -> Result<(), ApiError> {
+    super::auth::admin(state, headers)?;
     if state.runtime.workspace(ws).is_none() {
         return Err(api_error(
             StatusCode::NOT_FOUND,
             format!("unknown workspace `{ws}`"),
         ));
     }
-    crate::workspace::read_secrets(&file_of(state, ws))
-        .map_err(|d| api_error(StatusCode::INTERNAL_SERVER_ERROR, d.to_string()))
+    Ok(())
+}
+
+/// The current secrets of `ws`; an error names the workspace, never the path.
+fn current(state: &AppState, ws: &str) -> Result<Map, ApiError> {
+    crate::workspace::read_secrets(&file_of(state, ws)).map_err(|d| {
+        tracing::error!(workspace = %ws, "{d}");
+        api_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot read the secrets of workspace `{ws}`: {}", d.message),
+        )
+    })
 }
 
 /// `GET`: the names of the workspace's secrets.
@@ -71,7 +57,7 @@ pub async fn read(
     Path(ws): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    match prepare(&state, &headers, &ws) {
+    match check(&state, &headers, &ws).and_then(|()| current(&state, &ws)) {
         Ok(secrets) => keys_response(&ws, &secrets),
         Err(e) => e.into_response(),
     }
@@ -104,10 +90,9 @@ async fn update(
     body: Bytes,
     merge: bool,
 ) -> Response {
-    let current = match prepare(&state, &headers, &ws) {
-        Ok(s) => s,
-        Err(e) => return e.into_response(),
-    };
+    if let Err(e) = check(&state, &headers, &ws) {
+        return e.into_response();
+    }
     let changes = match serde_json::from_slice::<serde_json::Value>(&body) {
         Ok(serde_json::Value::Object(o)) => o,
         Ok(_) => {
@@ -118,7 +103,16 @@ async fn update(
         }
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
     };
-    let mut next = if merge { current } else { Map::new() };
+    // Held from the read to the reload: each change starts from the one before.
+    let _writer = state.library.secrets_writer(&ws).await;
+    let mut next = if merge {
+        match current(&state, &ws) {
+            Ok(s) => s,
+            Err(e) => return e.into_response(),
+        }
+    } else {
+        Map::new()
+    };
     for (k, v) in changes {
         if v.is_null() {
             next.shift_remove(&k);
@@ -132,15 +126,22 @@ async fn update(
         let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         return error(StatusCode::BAD_REQUEST, text.join("; "));
     }
-    let file = file_of(&state, &ws);
     let yaml = match serde_yaml::to_string(&Value::object(next.clone()).to_json()) {
         Ok(y) => y,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    if let Err(e) = write_atomically(&file, &yaml).await {
+    let file = file_of(&state, &ws);
+    let written = tokio::task::spawn_blocking({
+        let file = file.clone();
+        move || write_durably(&file, &yaml)
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+    if let Err(e) = written {
+        tracing::error!(workspace = %ws, file = %file.display(), "cannot write secrets: {e}");
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot write {}: {e}", file.display()),
+            format!("cannot write the secrets of workspace `{ws}`: {e}"),
         );
     }
     // Apply now, so the answer means the new limits are live.
@@ -148,12 +149,41 @@ async fn update(
     keys_response(&ws, &next)
 }
 
-/// Writes through a temporary file and a rename, so readers never see half a file.
-async fn write_atomically(file: &std::path::Path, text: &str) -> std::io::Result<()> {
-    if let Some(dir) = file.parent() {
-        tokio::fs::create_dir_all(dir).await?;
+/// Tells temporary files apart, within this process and from other processes.
+static TEMP_SERIAL: AtomicU64 = AtomicU64::new(0);
+
+/// Replaces `file` with `text` so that a crash at any point leaves either the
+/// old file or the new one, whole: a temporary file in the same folder (its
+/// name starts with a dot and does not end in `.yml`, so no reader takes it for
+/// a secrets file), written and synced, renamed over `file`, then the folder
+/// synced so the rename itself survives a crash. The file is readable by its
+/// owner only.
+fn write_durably(file: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = file
+        .parent()
+        .ok_or_else(|| std::io::Error::other("the secrets file has no folder"))?;
+    std::fs::create_dir_all(dir)?;
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let serial = TEMP_SERIAL.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}.{serial}.tmp", std::process::id()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let written = options.open(&tmp).and_then(|mut f| {
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    });
+    let renamed = written.and_then(|()| std::fs::rename(&tmp, file));
+    if let Err(e) = renamed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    let tmp = file.with_extension("yml.tmp");
-    tokio::fs::write(&tmp, text).await?;
-    tokio::fs::rename(&tmp, file).await
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
 }

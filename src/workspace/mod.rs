@@ -3,7 +3,8 @@
 //!
 //! Loading is all-or-nothing: a workspace with a broken file is refused as a
 //! whole, so a running instance keeps its last good version instead of serving
-//! half of an edit.
+//! half of an edit. Problems that still let it run (bad expressions, calls to
+//! missing automations) come back as diagnostics, for the caller to judge.
 
 mod watch;
 
@@ -37,7 +38,10 @@ pub struct Workspace {
     pub endpoints: HashMap<String, Vec<Arc<Automation>>>,
     /// The `global` context, shared by every run of the workspace.
     pub global: Arc<Mutex<Map>>,
-    /// Non-fatal problems found while compiling (reported by `validate`).
+    /// Problems that still let the workspace run (a bad expression, a malformed
+    /// instruction, a call to a missing automation) and fail only where they are
+    /// reached: `validate` reports them, and `serve` will not let a version with
+    /// any replace one without.
     pub diagnostics: Vec<Diagnostic>,
     /// What one execution may use: the settings' budgets with the workspace's
     /// `sluice_max_*` secrets applied when the runtime installs it.
@@ -137,7 +141,7 @@ pub fn load(dir: &Path, secrets_file: Option<&Path>) -> Result<Workspace, Vec<Di
 /// Loads the workspace in `dir` with the secrets of `secrets_file`. The
 /// workspace id is the folder name. Fatal problems (unreadable, oversized or
 /// unparsable files, duplicate slugs) are returned as errors; compile problems
-/// are kept in `Workspace::diagnostics`.
+/// and calls to missing automations are kept in `Workspace::diagnostics`.
 pub fn load_with(
     dir: &Path,
     secrets_file: Option<&Path>,
@@ -177,6 +181,8 @@ pub fn load_with(
     let mut config = Value::empty_object();
     let mut automations: HashMap<String, Arc<Automation>> = HashMap::new();
     let mut diagnostics = Vec::new();
+    // Kept to locate calls to missing automations once every slug is known.
+    let mut texts: HashMap<PathBuf, String> = HashMap::new();
     for file in files {
         let text = match read_bounded(&file, max_file_bytes) {
             Ok(t) => t,
@@ -212,6 +218,7 @@ pub fn load_with(
                     continue;
                 }
                 automations.insert(a.slug.clone(), Arc::new(a));
+                texts.insert(file, text);
             }
             Err(d) => errors.push(d),
         }
@@ -219,6 +226,7 @@ pub fn load_with(
     if !errors.is_empty() {
         return Err(errors);
     }
+    diagnostics.extend(missing_calls(&automations, &texts));
     let mut listeners: HashMap<String, Vec<Arc<Automation>>> = HashMap::new();
     let mut endpoints: HashMap<String, Vec<Arc<Automation>>> = HashMap::new();
     let mut sorted: Vec<&Arc<Automation>> = automations.values().collect();
@@ -249,6 +257,38 @@ pub fn load_with(
         diagnostics,
         budgets: Budgets::default(),
     })
+}
+
+/// The calls to automations that are not in `automations` (or are disabled),
+/// each located at the callee's name in its file.
+fn missing_calls(
+    automations: &HashMap<String, Arc<Automation>>,
+    texts: &HashMap<PathBuf, String>,
+) -> Vec<Diagnostic> {
+    let mut found = Vec::new();
+    let mut sorted: Vec<&Arc<Automation>> = automations.values().collect();
+    sorted.sort_by(|a, b| a.slug.cmp(&b.slug));
+    for a in sorted {
+        for (callee, line) in a.calls() {
+            if automations.get(callee).is_some_and(|c| !c.disabled) {
+                continue;
+            }
+            let column = texts
+                .get(&a.file)
+                .and_then(|t| t.lines().nth(line.checked_sub(1)?))
+                .and_then(|l| l.find(callee).map(|at| l[..at].chars().count() + 1))
+                .unwrap_or(0);
+            found.push(Diagnostic {
+                file: a.file.clone(),
+                line,
+                column,
+                message: format!(
+                    "`{callee}` is neither an instruction nor an automation of this workspace"
+                ),
+            });
+        }
+    }
+    found
 }
 
 /// Reads `workspace.yml`: its `name` and its `config`, whose `{{secret.x}}`
@@ -350,5 +390,33 @@ mod tests {
         let errs = load(dir.path(), None).unwrap_err();
         assert_eq!(errs.len(), 1);
         assert!(errs[0].to_string().contains("a.yml:"));
+    }
+
+    #[test]
+    fn a_call_to_a_missing_automation_is_a_located_diagnostic() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a.yml"),
+            "do:
+  - b: {}
+  - nobody: {}
+",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("b.yml"),
+            "do: []
+",
+        )
+        .unwrap();
+        let ws = load(dir.path(), None).unwrap();
+        let found: Vec<String> = ws.diagnostics.iter().map(|d| d.to_string()).collect();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].ends_with(
+                "a.yml:3:5: `nobody` is neither an instruction nor an automation of this workspace"
+            ),
+            "{found:?}"
+        );
     }
 }
