@@ -94,6 +94,18 @@ pub struct HttpSettings {
     /// The largest request body accepted, in bytes; larger gets 413.
     #[serde(deserialize_with = "de::whole")]
     pub max_body: usize,
+    /// Milliseconds a client has to send a request's head, from its first byte.
+    #[serde(deserialize_with = "de::positive")]
+    pub header_read_timeout_ms: u64,
+    /// Seconds a keep-alive connection may sit without a request before it is closed.
+    #[serde(deserialize_with = "de::positive")]
+    pub idle_timeout_secs: u64,
+    /// Connections open at once; past it, idle ones are closed to make room, or new ones wait.
+    #[serde(deserialize_with = "de::positive")]
+    pub max_connections: usize,
+    /// Seconds a stopping server lets requests in flight finish before cancelling them.
+    #[serde(deserialize_with = "de::whole")]
+    pub shutdown_grace_secs: u64,
 }
 
 /// The NATS event bus (SPEC section 5): JetStream names, delivery and shutdown.
@@ -213,6 +225,10 @@ impl Default for Settings {
             },
             http: HttpSettings {
                 max_body: 1024 * 1024,
+                header_read_timeout_ms: 10_000,
+                idle_timeout_secs: 60,
+                max_connections: 10_000,
+                shutdown_grace_secs: 10,
             },
             limits: LimitSettings::default(),
             budgets: Budgets::default(),

@@ -2,13 +2,14 @@
 //! watcher and the schedules together, and shuts them down in order.
 //!
 //! Shutdown order matters for "nothing lost": first the HTTP server stops
-//! taking requests and finishes the ones in flight, then the bus stops taking
-//! events and finishes (or hands back) the ones it took.
+//! taking requests, ends event streams and finishes the requests in flight
+//! (cancelling what is left after `http.shutdown_grace_secs`), then the bus
+//! stops taking events and finishes (or hands back) the ones it took.
 
 use crate::bus::{Bus, EmbeddedBus};
 use crate::config::Settings;
 use crate::dsl::Diagnostic;
-use crate::http::{router, AppState};
+use crate::http::{router, AppState, Shutdown};
 use crate::runtime::{Runtime, Start, Trigger};
 use crate::workspace::{Change, Watcher, Workspace};
 use chrono::{DateTime, Utc};
@@ -344,23 +345,29 @@ pub async fn serve(settings: Settings) -> Result<(), String> {
         settings: Arc::new(settings.clone()),
         ready: ready.clone(),
         library,
+        shutdown: Shutdown::default(),
     };
     let address = listener
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| settings.listen.clone());
     tracing::info!(listen = %address, bus = if settings.nats_url.is_some() { "nats" } else { "embedded" }, "sluice is serving");
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            ready.store(false, Ordering::Release);
-            tracing::info!("shutting down: finishing requests in flight");
-        })
+    let shutdown = state.shutdown.clone();
+    let signalled = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        ready.store(false, Ordering::Release);
+        tracing::info!("shutting down: finishing requests in flight");
+        signalled.begin();
+    });
+    crate::http::serve(listener, router(state), &settings.http, &shutdown).await;
+    shutdown
+        .finish(Duration::from_secs(settings.http.shutdown_grace_secs))
         .await;
     let _ = stop_tx.send(true);
     let _ = tokio::join!(watching, retaining, scheduling);
     tracing::info!("finishing events in flight");
     bus.shutdown().await;
     tracing::info!("stopped");
-    served.map_err(|e| format!("HTTP server: {e}"))
+    Ok(())
 }

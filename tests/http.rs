@@ -68,6 +68,7 @@ async fn server(admin_token: Option<&str>) -> Server {
         settings: Arc::new(settings),
         ready: Arc::new(AtomicBool::new(true)),
         library,
+        shutdown: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -6,20 +6,24 @@
 //! state they share is explicit in [`AppState`].
 
 mod auth;
+mod listen;
 mod secrets;
+
+pub use listen::{serve, Shutdown};
 
 use crate::bus::{check_event_type, Watch};
 use crate::config::Settings;
 use crate::runtime::{Runtime, Start, Trigger};
 use crate::value::{Map, Value};
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -36,6 +40,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// The workspaces on disk (the secrets API reloads through it).
     pub library: Arc<crate::server::Library>,
+    /// Ends event streams on SIGTERM and owns webhook runs until the deadline.
+    pub shutdown: Shutdown,
 }
 
 /// The router with every route of SPEC §3.
@@ -112,6 +118,17 @@ fn insert_repeated(m: &mut Map, key: &str, v: Value) {
     }
 }
 
+/// Marks a webhook's runs as orphaned when its handler is dropped, i.e. the
+/// caller went away. Dropped after the runs end too, when it no longer matters:
+/// their executed events are already out.
+struct CallerGone(Arc<AtomicBool>);
+
+impl Drop for CallerGone {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
 /// The query string as an object; a repeated key becomes a list.
 fn query_value(raw: Option<&str>) -> Value {
     let mut m = Map::new();
@@ -144,8 +161,12 @@ async fn webhook(
     method: Method,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => return error(e.status(), e.body_text()),
+    };
     let Some(workspace) = state.runtime.workspace(&ws) else {
         return error(StatusCode::NOT_FOUND, format!("unknown workspace `{ws}`"));
     };
@@ -165,19 +186,45 @@ async fn webhook(
     payload.insert("method".into(), Value::str(method.as_str()));
     payload.insert("query".into(), query_value(query.as_deref()));
     let path = format!("/v2/workspaces/{ws}/webhooks/{name}");
+    let gone = CallerGone(Arc::default());
     // Several automations may share an endpoint: all run, the first one answers.
-    let runs = automations.iter().map(|a| {
-        state.runtime.run(Start {
+    let starts: Vec<Start> = automations
+        .iter()
+        .map(|a| Start {
             workspace: ws.clone(),
             slug: a.slug.clone(),
             payload: payload.clone(),
-            trigger: Trigger::new("endpoint", name.as_str()),
+            trigger: Trigger {
+                caller_gone: Some(gone.0.clone()),
+                ..Trigger::new("endpoint", name.as_str())
+            },
             correlation_id: None,
             depth: 0,
             http: Some((method.to_string(), path.clone())),
         })
+        .collect();
+    let runtime = state.runtime.clone();
+    // The runs belong to the server, not to this request: a caller that hangs
+    // up must not leave an automation half-applied.
+    let runs = state.shutdown.spawn(async move {
+        futures::future::join_all(starts.into_iter().map(|s| runtime.run(s))).await
     });
-    let mut results = futures::future::join_all(runs).await.into_iter();
+    let mut results = match runs.await {
+        Ok(Some(results)) => results.into_iter(),
+        Ok(None) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down",
+            )
+        }
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the run failed: {e}"),
+            )
+        }
+    };
+    drop(gone);
     match results.next() {
         Some(Ok(outcome)) => match outcome.output {
             Value::String(s) => (
@@ -192,7 +239,15 @@ async fn webhook(
     }
 }
 
-async fn ingest(State(state): State<AppState>, Path(ws): Path<String>, body: Bytes) -> Response {
+async fn ingest(
+    State(state): State<AppState>,
+    Path(ws): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => return error(e.status(), e.body_text()),
+    };
     if state.runtime.workspace(&ws).is_none() {
         return error(StatusCode::NOT_FOUND, format!("unknown workspace `{ws}`"));
     }
@@ -253,7 +308,10 @@ async fn stream(
         return error(StatusCode::NOT_FOUND, format!("unknown workspace `{ws}`"));
     }
     let feed = state.runtime.bus().watch(&ws);
-    Sse::new(events_of(feed))
+    // Endless by nature: ended at once on shutdown, or the server would wait for it.
+    let shutdown = state.shutdown.clone();
+    let events = events_of(feed).take_until(async move { shutdown.stopping().await });
+    Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
 }

@@ -43,6 +43,9 @@ pub struct Trigger {
     pub value: String,
     /// For events: the triggering event's id.
     pub event_id: Option<String>,
+    /// For endpoints: set once the HTTP caller has gone away; the executed
+    /// event then says `callerGone: true`.
+    pub caller_gone: Option<Arc<AtomicBool>>,
 }
 
 impl Trigger {
@@ -52,6 +55,7 @@ impl Trigger {
             kind,
             value: value.into(),
             event_id: None,
+            caller_gone: None,
         }
     }
 
@@ -537,6 +541,11 @@ impl Inner {
         p.insert("startedAt".into(), Value::str(started_at));
         p.insert("trigger".into(), x.trigger.to_value());
         p.insert("break".into(), Value::Bool(o.broke));
+        if let Some(gone) = &x.trigger.caller_gone {
+            if gone.load(Ordering::Acquire) {
+                p.insert("callerGone".into(), Value::Bool(true));
+            }
+        }
         let event = self.event(&x.ws.id, EXECUTED, Value::object(p), source);
         self.bus.notify(event);
     }
@@ -584,6 +593,7 @@ impl EventHandler for Listeners {
                         kind: "event",
                         value: event.kind.clone(),
                         event_id: Some(event.id.clone()),
+                        caller_gone: None,
                     },
                     http: None,
                     instructions: 0,
