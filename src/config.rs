@@ -85,6 +85,13 @@ pub struct FetchSettings {
     /// Requests open at once to one host (scheme, name and port); more wait.
     #[serde(deserialize_with = "de::positive")]
     pub max_connections_per_host: usize,
+    /// Networks `fetch` never connects to, redirects included; checked on resolved addresses.
+    // `default`: the `config` crate drops an empty list, which must read as empty, not missing.
+    #[serde(default, deserialize_with = "de::networks")]
+    pub deny_networks: Vec<ipnet::IpNet>,
+    /// When not empty, the only networks `fetch` connects to (`deny_networks` still applies).
+    #[serde(default, deserialize_with = "de::networks")]
+    pub allow_networks: Vec<ipnet::IpNet>,
 }
 
 /// The HTTP server.
@@ -222,6 +229,12 @@ impl Default for Settings {
                 max_response_bytes: 10 * 1024 * 1024,
                 user_agent: "Prisme.ai Workspaces".to_owned(),
                 max_connections_per_host: 32,
+                // Link-local holds cloud metadata services (169.254.169.254).
+                deny_networks: vec![
+                    ipnet::IpNet::new_assert([169, 254, 0, 0].into(), 16),
+                    ipnet::IpNet::new_assert([0xfe80, 0, 0, 0, 0, 0, 0, 0].into(), 10),
+                ],
+                allow_networks: Vec::new(),
             },
             http: HttpSettings {
                 max_body: 1024 * 1024,
@@ -625,6 +638,25 @@ pub(crate) mod de {
             )));
         }
         Ok(text)
+    }
+
+    /// A list of CIDRs (`10.0.0.0/8`, `fc00::/7`); a bare address is that one address.
+    pub(super) fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+        let entries = Vec::<String>::deserialize(d)?;
+        entries
+            .iter()
+            .map(|entry| {
+                let text = entry.trim();
+                text.parse::<ipnet::IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map(|net| net.trunc())
+                    .map_err(|_| {
+                        D::Error::custom(format!(
+                            "expected CIDRs such as 10.0.0.0/8 or fc00::/7, got {entry:?}"
+                        ))
+                    })
+            })
+            .collect()
     }
 
     pub(super) fn log_format<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {

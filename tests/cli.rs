@@ -190,6 +190,30 @@ fn validate_reports_every_problem_with_its_location() {
 }
 
 #[test]
+fn an_instruction_item_with_two_keys_is_refused_by_validate_and_fails_at_run_time() {
+    let dir = workspace(&[(
+        "main.yml",
+        "do:\n  - emit: {event: before}\n  - set: {name: x, value: 1}\n    emit: {event: lost}\n",
+    )]);
+    let o = sluice(&["validate", &ws_path(&dir)]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("main.yml:3:5")
+            && err.contains("an instruction item has one key, found 2: set, emit"),
+        "{err}"
+    );
+    let o = sluice(&["run", "main", "--workspace", &ws_path(&dir), "--report"]);
+    assert_eq!(o.status.code(), Some(1));
+    let r = report(&o);
+    let message = r["error"]["message"].as_str().unwrap();
+    assert!(message.contains("InvalidInstructionError"), "{message}");
+    assert!(message.contains("main.yml:3"), "{message}");
+    // Neither key of the bad item ran.
+    assert_eq!(r["emitted"], json!([{"event": "before", "payload": {}}]));
+}
+
+#[test]
 fn validate_reports_yaml_errors() {
     let dir = workspace(&[("a.yml", "do: [\n")]);
     let o = sluice(&["validate", &ws_path(&dir)]);

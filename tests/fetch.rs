@@ -10,6 +10,7 @@ use sluice::bus::EmbeddedBus;
 use sluice::config::Settings;
 use sluice::runtime::{Runtime, Start};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +33,18 @@ async fn echo(Query(q): Query<Vec<(String, String)>>, headers: HeaderMap, req: R
 }
 
 async fn server() -> String {
+    server_on("127.0.0.1").await
+}
+
+/// Answers `/to?url=U` with a redirect to U.
+async fn redirect(Query(q): Query<HashMap<String, String>>) -> impl IntoResponse {
+    let to = q.get("url").cloned().unwrap_or_default();
+    (StatusCode::FOUND, [("location", to)])
+}
+
+async fn server_on(ip: &str) -> String {
     let app = Router::new()
+        .route("/to", get(redirect))
         .route("/echo", any(echo))
         .route("/text", get(|| async { "plain text" }))
         .route(
@@ -59,7 +71,7 @@ async fn server() -> String {
             "/big",
             get(|| async { "x".repeat(64 * 1024).into_response() }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     format!("http://{addr}")
@@ -246,5 +258,93 @@ async fn server_sent_events_become_chunks_and_stream_events() {
     assert_eq!(
         events[1].1,
         json!({"index": 1, "concatenated": {"value": "Hello"}, "chunk": {"data": [{"text": "lo"}]}, "additionalPayload": {"k": 1}})
+    );
+}
+
+fn nets(list: &[&str]) -> Vec<ipnet::IpNet> {
+    list.iter().map(|n| n.parse().unwrap()).collect()
+}
+
+/// Fetches `url` as text with `deny` as `fetch.deny_networks` and `listen` as sluice's address.
+async fn fetch_text(url: &str, deny: &[&str], listen: &str) -> Result<J, String> {
+    let deny = nets(deny);
+    let listen = listen.to_owned();
+    let (out, _) = run(
+        &format!("  - fetch: {{url: '{url}', output: r}}\n"),
+        "'{{r}}'",
+        |s| {
+            s.fetch.deny_networks = deny;
+            s.listen = listen;
+        },
+    )
+    .await;
+    out
+}
+
+#[tokio::test]
+async fn denied_networks_are_refused_by_ip_decimal_ip_name_and_redirect() {
+    // Everything is on loopback: the target listens on 127.0.0.2, which is denied,
+    // while the redirecting server on 127.0.0.1 stays allowed.
+    let target = server_on("127.0.0.2").await;
+    let port = target.rsplit(':').next().unwrap();
+    let allowed = server().await;
+    let refusal = "fetch to 127.0.0.2 refused: address in fetch.deny_networks (127.0.0.2/32)";
+    let redirect = format!("{allowed}/to?url={target}/text");
+    for url in [
+        format!("{target}/text"),
+        format!("http://2130706434:{port}/text"),
+        format!("http://0x7f.0.0.2:{port}/text"),
+        redirect.clone(),
+    ] {
+        assert_eq!(
+            fetch_text(&url, &[], "127.0.0.1:0").await,
+            Ok(json!("plain text")),
+            "{url}"
+        );
+        let err = fetch_text(&url, &["127.0.0.2/32"], "127.0.0.1:0")
+            .await
+            .unwrap_err();
+        assert!(err.contains(refusal), "{url}: {err}");
+        assert!(err.contains("FetchError"), "{url}: {err}");
+    }
+
+    // A name is checked on the addresses it resolves to.
+    let local_port = allowed.rsplit(':').next().unwrap();
+    let by_name = format!("http://localhost:{local_port}/text");
+    assert_eq!(
+        fetch_text(&by_name, &[], "127.0.0.1:0").await,
+        Ok(json!("plain text"))
+    );
+    let err = fetch_text(&by_name, &["127.0.0.0/8", "::1/128"], "127.0.0.1:0")
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("refused: address in fetch.deny_networks"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn sluice_own_listen_address_is_refused() {
+    let own = server().await;
+    let listen: SocketAddr = own.trim_start_matches("http://").parse().unwrap();
+    let other = server().await;
+    for url in [
+        format!("{own}/text"),
+        format!("http://localhost:{}/text", listen.port()),
+        format!("{other}/to?url={own}/text"),
+    ] {
+        let err = fetch_text(&url, &[], &listen.to_string())
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains(&format!("refused: sluice's own listen address ({listen})")),
+            "{url}: {err}"
+        );
+    }
+    // Another port on the same address stays reachable.
+    assert_eq!(
+        fetch_text(&format!("{other}/text"), &[], &listen.to_string()).await,
+        Ok(json!("plain text"))
     );
 }

@@ -254,6 +254,21 @@ fn a_zero_rate_may_have_a_zero_burst() {
 }
 
 #[test]
+fn network_lists_from_the_file_replace_the_defaults() {
+    let file =
+        yaml("fetch: {deny_networks: [127.0.0.2, 'fd00::1/8'], allow_networks: [10.1.2.3/8]}\n");
+    let s = Settings::load_from(Some(file.path()), &no_env).unwrap();
+    let nets =
+        |list: &[&str]| -> Vec<ipnet::IpNet> { list.iter().map(|n| n.parse().unwrap()).collect() };
+    // A bare address is that address; host bits after the prefix are dropped.
+    assert_eq!(s.fetch.deny_networks, nets(&["127.0.0.2/32", "fd00::/8"]));
+    assert_eq!(s.fetch.allow_networks, nets(&["10.0.0.0/8"]));
+    let file = yaml("fetch: {deny_networks: []}\n");
+    let s = Settings::load_from(Some(file.path()), &no_env).unwrap();
+    assert!(s.fetch.deny_networks.is_empty());
+}
+
+#[test]
 fn bad_file_values_give_one_line_naming_the_file_and_key() {
     let cases = [
         (
@@ -303,6 +318,14 @@ fn bad_file_values_give_one_line_naming_the_file_and_key() {
         (
             "budgets: {max_instructions: 0}",
             "budgets.max_instructions: expected a whole number of at least 1, got 0",
+        ),
+        (
+            "fetch: {deny_networks: [10.0.0.0/8, 10.0.0.0/33]}",
+            "fetch.deny_networks: expected CIDRs such as 10.0.0.0/8 or fc00::/7, got \"10.0.0.0/33\"",
+        ),
+        (
+            "fetch: {allow_networks: [intranet]}",
+            "fetch.allow_networks: expected CIDRs such as 10.0.0.0/8 or fc00::/7, got \"intranet\"",
         ),
         ("budgets: {max_instruction: 5}", "max_instruction"),
         ("nats: {strem: x}", "strem"),

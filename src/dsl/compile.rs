@@ -506,10 +506,34 @@ impl Compiler<'_> {
                 });
             }
         };
-        let (name, value) = m.first()?;
+        let Some((name, value)) = m.first().filter(|_| m.len() == 1) else {
+            return Some(self.not_one_key(m));
+        };
         let pos = self.locator.find_key(name);
         let kind = self.kind(name, value, pos);
         Some(Instruction { kind, line: pos.0 })
+    }
+
+    /// An item with no key or several: the reference would silently run only the first.
+    fn not_one_key(&mut self, m: &crate::value::Map) -> Instruction {
+        let names: Vec<&str> = m.keys().map(String::as_str).collect();
+        let mut message = format!("an instruction item has one key, found {}", names.len());
+        if !names.is_empty() {
+            message = format!("{message}: {}", names.join(", "));
+        }
+        let pos = match names.split_first() {
+            Some((first, rest)) => {
+                let pos = self.locator.find_key(first);
+                // Past every key, so later lookups do not land inside this item.
+                for name in rest {
+                    self.locator.find_key(name);
+                }
+                pos
+            }
+            None => self.locator.find("{}"),
+        };
+        let kind = self.invalid(pos, message);
+        Instruction { kind, line: pos.0 }
     }
 
     fn invalid(&mut self, pos: (usize, usize), message: String) -> Kind {
@@ -683,6 +707,32 @@ mod tests {
         let c = compile("do:\n  - set:\n");
         assert!(matches!(c.automation.body[0].kind, Kind::Invalid(_)));
         assert_eq!(c.diagnostics[0].line, 2);
+    }
+
+    #[test]
+    fn an_item_with_several_keys_or_none_is_invalid_at_its_place() {
+        let c = compile(
+            "do:\n  - comment: ok\n  - set: {name: a, value: 1}\n    emit: {event: e}\n  - {}\n  - emit: {event: f}\n",
+        );
+        let found: Vec<(usize, usize, &str)> = c
+            .diagnostics
+            .iter()
+            .map(|d| (d.line, d.column, d.message.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                (3, 5, "an instruction item has one key, found 2: set, emit"),
+                (5, 5, "an instruction item has one key, found 0"),
+            ]
+        );
+        let kinds: Vec<(bool, usize)> = c
+            .automation
+            .body
+            .iter()
+            .map(|i| (matches!(i.kind, Kind::Invalid(_)), i.line))
+            .collect();
+        assert_eq!(kinds, vec![(false, 2), (true, 3), (true, 5), (false, 6)]);
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! The `fetch` instruction (DSUL §7.10): HTTP requests with reqwest, a size cap
 //! on responses, `runtime.fetch.failed` events for 4xx/5xx answers, and a bound
 //! on the requests open at once to one host (`fetch.max_connections_per_host`),
-//! so a fan-out cannot open thousands of sockets.
+//! so a fan-out cannot open thousands of sockets. Every connection goes through
+//! the network guard (`fetch.deny_networks`, `fetch.allow_networks`, see [`guard`]).
+
+mod guard;
 
 use super::exec::Exec;
 use super::{ErrorKind, ExecError};
+use crate::config::Settings;
 use crate::limits::LimitKind;
 use crate::value::{Map, Value};
 use base64::Engine;
@@ -28,6 +32,28 @@ fn invalid(message: impl Into<String>) -> ExecError {
 /// A value as a header or query string value.
 fn text(v: &Value) -> String {
     crate::expr::to_template_string(v)
+}
+
+/// The HTTP client of `fetch`, built once per runtime, and the guard it connects through.
+pub(super) struct Client {
+    http: reqwest::Client,
+    guard: Arc<guard::NetworkGuard>,
+}
+
+impl Client {
+    /// The client of these settings.
+    pub(super) fn new(settings: &Settings) -> Result<Client, ExecError> {
+        let guard = Arc::new(guard::NetworkGuard::new(settings));
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(settings.fetch.timeout_ms))
+            .user_agent(settings.fetch.user_agent.clone())
+            .pool_max_idle_per_host(settings.fetch.max_connections_per_host)
+            .dns_resolver(Arc::new(guard::GuardedResolver(guard.clone())))
+            .redirect(guard.clone().redirect_policy())
+            .build()
+            .map_err(|e| ExecError::new(ErrorKind::Internal, format!("HTTP client: {e}")))?;
+        Ok(Client { http, guard })
+    }
 }
 
 /// The requests open at once per host. A host's entry goes with its last
@@ -291,11 +317,16 @@ impl Exec<'_> {
         body: Option<Vec<u8>>,
         multipart: Option<Vec<Part>>,
     ) -> Result<Response, ExecError> {
+        let client = self.rt.http()?;
+        client
+            .guard
+            .check_url(url)
+            .await
+            .map_err(|refused| ExecError::new(ErrorKind::Fetch, refused.to_string()))?;
         let mut attempt = 0;
         loop {
-            let mut req = self
-                .rt
-                .http()?
+            let mut req = client
+                .http
                 .request(method.clone(), url.clone())
                 .headers(headers.clone());
             if let Some(b) = &body {
@@ -307,6 +338,9 @@ impl Exec<'_> {
             match self.receive(req).await {
                 Err(e) if attempt < 2 && is_reset(&e) => attempt += 1,
                 Err(e) => {
+                    if let Some(refused) = find_refused(&e) {
+                        return Err(ExecError::new(ErrorKind::Fetch, refused.to_string()));
+                    }
                     let what = if e.is_timeout() {
                         format!(
                             "timed out after {} ms (fetch.timeout_ms)",
@@ -383,6 +417,26 @@ fn is_reset(e: &reqwest::Error) -> bool {
         source = s.source();
     }
     false
+}
+
+/// The guard's refusal inside a reqwest error, wherever the connector wrapped it.
+fn find_refused(e: &reqwest::Error) -> Option<&guard::Refused> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(refused) = s.downcast_ref::<guard::Refused>() {
+            return Some(refused);
+        }
+        // An io::Error's source() skips the error it wraps.
+        let wrapped = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .and_then(|inner| inner.downcast_ref::<guard::Refused>());
+        if wrapped.is_some() {
+            return wrapped;
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// The error with its causes, since reqwest's own text hides the reason.

@@ -134,7 +134,7 @@ struct Inner {
     settings: Settings,
     /// Built on the first fetch: loading the system's CA store costs
     /// milliseconds that runs without a fetch should not pay.
-    http: OnceLock<reqwest::Client>,
+    http: OnceLock<fetch::Client>,
     /// Requests open per host, bounded by `fetch.max_connections_per_host`.
     hosts: fetch::Hosts,
     runs: contexts::RunRegistry,
@@ -363,16 +363,11 @@ struct Execution {
 }
 
 impl Inner {
-    fn http(&self) -> Result<&reqwest::Client, ExecError> {
+    fn http(&self) -> Result<&fetch::Client, ExecError> {
         if let Some(c) = self.http.get() {
             return Ok(c);
         }
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_millis(self.settings.fetch.timeout_ms))
-            .user_agent(self.settings.fetch.user_agent.clone())
-            .pool_max_idle_per_host(self.settings.fetch.max_connections_per_host)
-            .build()
-            .map_err(|e| ExecError::new(ErrorKind::Internal, format!("HTTP client: {e}")))?;
+        let client = fetch::Client::new(&self.settings)?;
         Ok(self.http.get_or_init(|| client))
     }
 
