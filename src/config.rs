@@ -94,6 +94,9 @@ pub struct HttpSettings {
     /// The largest request body accepted, in bytes; larger gets 413.
     #[serde(deserialize_with = "de::whole")]
     pub max_body: usize,
+    /// The request headers a webhook's executed event shows (the automation
+    /// still receives them all): the others may carry credentials.
+    pub event_headers: Vec<String>,
 }
 
 /// The NATS event bus (SPEC section 5): JetStream names, delivery and shutdown.
@@ -213,6 +216,14 @@ impl Default for Settings {
             },
             http: HttpSettings {
                 max_body: 1024 * 1024,
+                event_headers: [
+                    "content-type",
+                    "user-agent",
+                    "x-request-id",
+                    "x-correlation-id",
+                ]
+                .map(String::from)
+                .to_vec(),
             },
             limits: LimitSettings::default(),
             budgets: Budgets::default(),
