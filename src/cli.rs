@@ -53,7 +53,7 @@ fn init_logs(default: &str, json: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| crate::runtime::RedactedStderr);
     let _ = if json {
         logs.json().try_init()
     } else {

@@ -113,6 +113,9 @@ pub struct HttpSettings {
     /// Seconds a stopping server lets requests in flight finish before cancelling them.
     #[serde(deserialize_with = "de::whole")]
     pub shutdown_grace_secs: u64,
+    /// The request headers a webhook's executed event shows (the automation
+    /// still receives them all): the others may carry credentials.
+    pub event_headers: Vec<String>,
 }
 
 /// The NATS event bus (SPEC section 5): JetStream names, delivery and shutdown.
@@ -242,6 +245,14 @@ impl Default for Settings {
                 idle_timeout_secs: 60,
                 max_connections: 10_000,
                 shutdown_grace_secs: 10,
+                event_headers: [
+                    "content-type",
+                    "user-agent",
+                    "x-request-id",
+                    "x-correlation-id",
+                ]
+                .map(String::from)
+                .to_vec(),
             },
             limits: LimitSettings::default(),
             budgets: Budgets::default(),

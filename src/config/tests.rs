@@ -101,6 +101,13 @@ fn nats_settings_come_from_the_file() {
 }
 
 #[test]
+fn a_list_in_the_file_replaces_the_default_list_whole() {
+    let file = yaml("http: {event_headers: [x-api-version]}\n");
+    let settings = Settings::load_from(Some(file.path()), &no_env).unwrap();
+    assert_eq!(settings.http.event_headers, ["x-api-version"]);
+}
+
+#[test]
 fn environment_overrides_file_which_overrides_defaults() {
     let file = yaml(
         "listen: 0.0.0.0:1\nruntime: {max_call_depth: 5}\n\

@@ -13,7 +13,7 @@ pub use listen::{serve, Shutdown};
 
 use crate::bus::{check_event_type, Watch};
 use crate::config::Settings;
-use crate::runtime::{Runtime, Start, Trigger};
+use crate::runtime::{Redactor, Runtime, Start, Trigger};
 use crate::value::{Map, Value};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -234,7 +234,12 @@ async fn webhook(
                 .into_response(),
             other => Json(other.to_json()).into_response(),
         },
-        Some(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Some(Err(e)) => {
+            // The latest secrets: an edit during the run may have added one.
+            let ws = state.runtime.workspace(&ws).unwrap_or(workspace);
+            let message = ws.redactor.text(&e.to_string()).into_owned();
+            error(StatusCode::INTERNAL_SERVER_ERROR, message)
+        }
         None => error(StatusCode::NOT_FOUND, format!("no endpoint `{name}`")),
     }
 }
@@ -304,32 +309,46 @@ async fn stream(
     if let Err(e) = auth::reader(&state, &headers, workspace.as_deref()) {
         return e.into_response();
     }
-    if workspace.is_none() {
+    let Some(workspace) = workspace else {
         return error(StatusCode::NOT_FOUND, format!("unknown workspace `{ws}`"));
-    }
+    };
     let feed = state.runtime.bus().watch(&ws);
+    // Each event is redacted with the workspace's latest secrets; once the
+    // workspace is removed, with the last ones it had.
+    let (runtime, mut last) = (state.runtime.clone(), workspace.redactor.clone());
+    let redactor = move || {
+        if let Some(w) = runtime.workspace(&ws) {
+            last = w.redactor.clone();
+        }
+        last.clone()
+    };
     // Endless by nature: ended at once on shutdown, or the server would wait for it.
     let shutdown = state.shutdown.clone();
-    let events = events_of(feed).take_until(async move { shutdown.stopping().await });
+    let events = events_of(feed, redactor).take_until(async move { shutdown.stopping().await });
     Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
 }
 
-/// The events of one workspace as SSE messages. A client that falls too far
-/// behind gets an `event: lagged` message saying how many events it missed, and
-/// the stream ends: it never sees a feed with silent holes, and it can reconnect.
-fn events_of(feed: Watch) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    futures::stream::unfold(Some(feed), |feed| async move {
-        let mut feed = feed?;
+/// The events of one workspace as SSE messages, with the secrets of
+/// `redactor()` hidden. A client that falls too far behind gets an
+/// `event: lagged` message saying how many events it missed, and the stream
+/// ends: it never sees a feed with silent holes, and it can reconnect.
+fn events_of(
+    feed: Watch,
+    redactor: impl FnMut() -> Redactor + Send + 'static,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    futures::stream::unfold(Some((feed, redactor)), |state| async move {
+        let (mut feed, mut redactor) = state?;
         match feed.recv().await {
             Ok(e) => {
-                let json = e.to_value().to_json();
+                let r = redactor();
+                let json = r.value(&e.to_value()).to_json();
                 let message = SseEvent::default()
                     .id(e.id.clone())
-                    .event(e.kind.clone())
+                    .event(r.text(&e.kind))
                     .data(json.to_string());
-                Some((Ok(message), Some(feed)))
+                Some((Ok(message), Some((feed, redactor))))
             }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::info!(missed, "SSE client lagging behind: disconnected");
@@ -392,7 +411,7 @@ mod tests {
     async fn a_lagging_client_is_told_and_disconnected() {
         let bus = EmbeddedBus::new();
         bus.start(Arc::new(NoListeners));
-        let sse = Sse::new(events_of(bus.watch("ws"))).into_response();
+        let sse = Sse::new(events_of(bus.watch("ws"), Redactor::default)).into_response();
         let extra = 10;
         for n in 0..WATCH_CAPACITY + extra {
             bus.notify(event(n));

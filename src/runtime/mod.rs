@@ -18,7 +18,7 @@ mod tests;
 
 pub use contexts::RunState;
 pub use error::{ErrorKind, ExecError};
-pub use redact::secret_texts;
+pub use redact::{RedactedStderr, Redactor};
 
 use crate::bus::{Bus, Event, EventHandler, EXECUTED};
 use crate::config::Settings;
@@ -230,6 +230,7 @@ impl Runtime {
             },
             None => ws,
         };
+        redact::log_secrets(&ws.id, Some(&ws.redactor));
         map.insert(ws.id.clone(), Arc::new(ws));
         problems
     }
@@ -241,6 +242,7 @@ impl Runtime {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+        redact::log_secrets(id, None);
     }
 
     /// Every loaded workspace.
@@ -462,7 +464,11 @@ impl Inner {
         self.throttled(&x.ws.id, LimitKind::Automations, waited, &throttled);
         let trigger_payload = started_at.as_ref().map(|_| {
             let secret_args = redact::secret_arguments(x.automation.arguments.as_ref());
-            redact::redact_payload(&x.locals, &secret_args, &x.ws.secret_texts)
+            let headers = x
+                .http
+                .as_ref()
+                .map(|_| &self.settings.http.event_headers[..]);
+            redact::trigger_payload(&x.locals, &secret_args, headers)
         });
         let locals = std::mem::take(&mut x.locals);
         let exec = exec::Exec {
@@ -497,7 +503,7 @@ impl Inner {
         Ok(outcome)
     }
 
-    fn executed(&self, x: &Execution, o: &Outcome, payload: Value, started_at: String) {
+    fn executed(&self, x: &Execution, o: &Outcome, payload: Map, started_at: String) {
         let mut source = Map::new();
         source.insert(
             "correlationId".into(),
@@ -520,11 +526,8 @@ impl Inner {
         source.insert("host".into(), Value::object(host));
         let mut p = Map::new();
         p.insert("slug".into(), Value::str(x.automation.slug.as_str()));
-        p.insert("payload".into(), payload);
-        p.insert(
-            "output".into(),
-            redact::redact(&o.output, &x.ws.secret_texts),
-        );
+        p.insert("payload".into(), Value::object(payload));
+        p.insert("output".into(), o.output.clone());
         p.insert(
             "duration".into(),
             Value::Number(o.duration.as_millis() as f64),
@@ -541,7 +544,10 @@ impl Inner {
                 p.insert("callerGone".into(), Value::Bool(true));
             }
         }
-        let event = self.event(&x.ws.id, EXECUTED, Value::object(p), source);
+        // One pass over the whole payload: the trigger's value (an event name)
+        // can hold a secret as much as the output can.
+        let p = x.ws.redactor.value(&Value::object(p));
+        let event = self.event(&x.ws.id, EXECUTED, p, source);
         self.bus.notify(event);
     }
 }

@@ -1,9 +1,18 @@
-//! Keeps secrets out of executed events (SPEC §6, DSUL §8): arguments marked
-//! `secret: true` and any text holding one of the workspace's secret values
-//! are replaced by `REDACTED`.
+//! Keeps secrets out of every view that leaves the process (SPEC §6, DSUL §8):
+//! executed events, the SSE stream, webhook error bodies and the logs.
+//!
+//! A [`Redactor`] is built once per workspace install: one Aho-Corasick
+//! automaton over the workspace's secret texts and their JSON-escaped forms, so
+//! hiding them costs one pass over a text whatever the number of secrets.
+//! Arguments marked `secret: true` are hidden whole in executed events. Events
+//! delivered to automations are never redacted: only what leaves the process is.
 
 use crate::value::{Map, Value};
-use std::sync::Arc;
+use aho_corasick::{AhoCorasick, MatchKind};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
 
 /// What replaces a secret.
 const REDACTED: &str = "REDACTED";
@@ -12,20 +21,267 @@ const REDACTED: &str = "REDACTED";
 /// one- or two-character secret would redact half of every payload.
 const MIN_SECRET_LEN: usize = 3;
 
-/// The texts to hide: every string or number secret of the workspace.
-pub fn secret_texts(secrets: &Map) -> Vec<String> {
-    let mut texts: Vec<String> = secrets
-        .values()
-        .filter_map(|v| match v {
+/// Secrets keys that configure the workspace's limits and budgets: their
+/// values are settings, and hiding every `100` would garble every payload.
+const SETTING_PREFIXES: [&str; 2] = ["prismeai_ratelimit_", "sluice_max_"];
+
+/// Hides one workspace's secret values (strings and numbers of at least
+/// [`MIN_SECRET_LEN`] characters) in texts and values. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Redactor {
+    /// The secret texts, for the logs' union of every workspace.
+    texts: Arc<[String]>,
+    finder: Finder,
+    /// Whether some pattern could occur in a number's text: otherwise numbers
+    /// are not formatted to be searched.
+    numeric: bool,
+}
+
+#[derive(Clone, Default)]
+enum Finder {
+    /// No secret to hide.
+    #[default]
+    Nothing,
+    /// Finds every secret in one pass.
+    Automaton(Arc<AhoCorasick>),
+    /// The automaton could not be built (gigabytes of secrets): hiding every
+    /// text whole is the only way not to leak.
+    Everything,
+}
+
+impl fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the texts themselves: a Debug print must not leak them.
+        write!(f, "Redactor({} secrets)", self.texts.len())
+    }
+}
+
+impl Redactor {
+    /// The redactor of a workspace's secrets.
+    pub fn new(secrets: &Map) -> Redactor {
+        let r = Redactor::of(secret_texts(secrets));
+        if matches!(r.finder, Finder::Everything) {
+            tracing::error!(
+                "too many secrets to search for: every text of the workspace is hidden"
+            );
+        }
+        r
+    }
+
+    fn of(texts: Vec<String>) -> Redactor {
+        let mut patterns: Vec<String> = Vec::with_capacity(texts.len() * 2);
+        for t in &texts {
+            patterns.push(t.clone());
+            // Inside JSON text (a stringified body, a log line in JSON) a
+            // secret holding `"`, `\` or a control character appears escaped.
+            let escaped = serde_json::to_string(t).unwrap_or_default();
+            let escaped = escaped
+                .strip_prefix('"')
+                .and_then(|e| e.strip_suffix('"'))
+                .unwrap_or_default();
+            if escaped != t {
+                patterns.push(escaped.to_string());
+            }
+        }
+        patterns.sort();
+        patterns.dedup();
+        let numeric = patterns.iter().any(|p| {
+            p.bytes()
+                .all(|b| b.is_ascii_digit() || b"+-.e".contains(&b))
+        });
+        let finder = if patterns.is_empty() {
+            Finder::Nothing
+        } else {
+            // Leftmost-longest: a secret that contains another is hidden whole.
+            // No logging here: the log writer's own redactor is built under its lock.
+            match AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(&patterns)
+            {
+                Ok(ac) => Finder::Automaton(Arc::new(ac)),
+                Err(_) => Finder::Everything,
+            }
+        };
+        Redactor {
+            texts: texts.into(),
+            finder,
+            numeric,
+        }
+    }
+
+    /// `hay` with every secret replaced, or `None` when it holds none.
+    fn replace(&self, hay: &[u8]) -> Option<Vec<u8>> {
+        let ac = match &self.finder {
+            Finder::Nothing => return None,
+            Finder::Everything => return Some(REDACTED.as_bytes().to_vec()),
+            Finder::Automaton(ac) => ac,
+        };
+        let mut out: Option<Vec<u8>> = None;
+        let mut last = 0;
+        for m in ac.find_iter(hay) {
+            let out = out.get_or_insert_with(|| Vec::with_capacity(hay.len()));
+            out.extend_from_slice(&hay[last..m.start()]);
+            out.extend_from_slice(REDACTED.as_bytes());
+            last = m.end();
+        }
+        let mut out = out?;
+        out.extend_from_slice(&hay[last..]);
+        Some(out)
+    }
+
+    /// `text` with every secret replaced.
+    pub fn text<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        match self.replace(text.as_bytes()) {
+            // Patterns are whole UTF-8 strings, so cutting them out keeps the
+            // text valid; the lossy fallback never runs.
+            Some(bytes) => Cow::Owned(
+                String::from_utf8(bytes)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            ),
+            None => Cow::Borrowed(text),
+        }
+    }
+
+    /// `v` with every secret hidden in its strings, numbers and keys; a number
+    /// holding a secret becomes text.
+    pub fn value(&self, v: &Value) -> Value {
+        self.changed(v).unwrap_or_else(|| v.clone())
+    }
+
+    /// `v` redacted, or `None` when it holds no secret (then nothing is copied).
+    fn changed(&self, v: &Value) -> Option<Value> {
+        match v {
+            Value::String(s) => self.changed_text(s),
+            Value::Number(_) if self.numeric => {
+                self.changed_text(&crate::expr::to_template_string(v))
+            }
+            Value::List(items) => {
+                let mut out: Option<Vec<Value>> = None;
+                for (i, item) in items.iter().enumerate() {
+                    match (self.changed(item), &mut out) {
+                        (Some(new), out) => {
+                            out.get_or_insert_with(|| items[..i].to_vec()).push(new)
+                        }
+                        (None, Some(out)) => out.push(item.clone()),
+                        (None, None) => {}
+                    }
+                }
+                out.map(Value::list)
+            }
+            Value::Object(m) => {
+                let mut out: Option<Map> = None;
+                for (i, (k, item)) in m.iter().enumerate() {
+                    let key = self.replace(k.as_bytes());
+                    let new = self.changed(item);
+                    if key.is_none() && new.is_none() {
+                        if let Some(out) = &mut out {
+                            out.insert(k.clone(), item.clone());
+                        }
+                        continue;
+                    }
+                    let out = out.get_or_insert_with(|| {
+                        m.iter()
+                            .take(i)
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
+                    });
+                    let key = match key {
+                        Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                        None => k.clone(),
+                    };
+                    out.insert(key, new.unwrap_or_else(|| item.clone()));
+                }
+                out.map(Value::object)
+            }
+            _ => None,
+        }
+    }
+
+    fn changed_text(&self, s: &str) -> Option<Value> {
+        match self.text(s) {
+            Cow::Owned(s) => Some(Value::str(s)),
+            Cow::Borrowed(_) => None,
+        }
+    }
+}
+
+/// The texts to hide: every string or number secret of the workspace, except
+/// limit and budget settings.
+fn secret_texts(secrets: &Map) -> Vec<String> {
+    secrets
+        .iter()
+        .filter(|(k, _)| !SETTING_PREFIXES.iter().any(|p| k.starts_with(p)))
+        .filter_map(|(_, v)| match v {
             Value::String(s) => Some(s.to_string()),
             Value::Number(_) => Some(crate::expr::to_template_string(v)),
             _ => None,
         })
         .filter(|s| s.len() >= MIN_SECRET_LEN)
-        .collect();
-    // Longest first, so a secret that contains another is hidden whole.
-    texts.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    texts
+        .collect()
+}
+
+/// Every installed workspace's secrets, for the log writer: a log line rarely
+/// says which workspace it is about, so all of them are hidden everywhere.
+#[derive(Default)]
+struct LogSecrets {
+    by_workspace: HashMap<String, Arc<[String]>>,
+    all: Redactor,
+}
+
+static LOG_SECRETS: RwLock<Option<LogSecrets>> = RwLock::new(None);
+
+/// Records the secrets of workspace `id` (`None` once it is removed) for the logs.
+pub fn log_secrets(id: &str, redactor: Option<&Redactor>) {
+    let mut guard = LOG_SECRETS.write().unwrap_or_else(|p| p.into_inner());
+    let logs = guard.get_or_insert_with(LogSecrets::default);
+    let changed = match redactor {
+        Some(r) => {
+            logs.by_workspace
+                .insert(id.to_string(), r.texts.clone())
+                .as_deref()
+                != Some(&r.texts[..])
+        }
+        None => logs.by_workspace.remove(id).is_some(),
+    };
+    if changed {
+        let mut all: Vec<String> = logs
+            .by_workspace
+            .values()
+            .flat_map(|t| t.iter().cloned())
+            .collect();
+        all.sort();
+        all.dedup();
+        logs.all = Redactor::of(all);
+    }
+}
+
+fn log_redactor() -> Redactor {
+    LOG_SECRETS
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|l| l.all.clone())
+        .unwrap_or_default()
+}
+
+/// Standard error with every installed workspace's secrets hidden: the writer
+/// of the logs, third-party crates' lines included.
+pub struct RedactedStderr;
+
+impl std::io::Write for RedactedStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // `tracing` writes each line whole, so a secret is never cut across calls.
+        let mut stderr = std::io::stderr().lock();
+        match log_redactor().replace(buf) {
+            Some(clean) => stderr.write_all(&clean)?,
+            None => stderr.write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 /// The names of the arguments declared `secret: true`.
@@ -44,41 +300,27 @@ pub fn secret_arguments(arguments: Option<&Value>) -> Vec<String> {
         .collect()
 }
 
-/// `v` with every secret text replaced.
-pub fn redact(v: &Value, texts: &[String]) -> Value {
-    if texts.is_empty() {
-        return v.clone();
-    }
-    match v {
-        Value::String(s) if texts.iter().any(|t| s.contains(t.as_str())) => {
-            let mut out = s.to_string();
-            for t in texts {
-                out = out.replace(t.as_str(), REDACTED);
-            }
-            Value::str(out)
-        }
-        Value::List(l) => Value::List(Arc::new(l.iter().map(|i| redact(i, texts)).collect())),
-        Value::Object(m) => Value::object(
-            m.iter()
-                .map(|(k, v)| (k.clone(), redact(v, texts)))
-                .collect(),
-        ),
-        other => other.clone(),
-    }
-}
-
-/// The trigger payload with secret arguments hidden, then secret texts.
-pub fn redact_payload(payload: &Map, arguments: &[String], texts: &[String]) -> Value {
+/// The trigger payload as executed events show it: secret arguments hidden
+/// whole and, for a webhook, only the request headers in `headers` (names
+/// in lower case). Secret texts are hidden later, with the whole event.
+pub fn trigger_payload(payload: &Map, arguments: &[String], headers: Option<&[String]>) -> Map {
     let mut out = Map::with_capacity(payload.len());
     for (k, v) in payload {
         let v = if arguments.contains(k) {
             Value::str(REDACTED)
+        } else if let (Some(keep), "headers", Value::Object(h)) = (headers, k.as_str(), v) {
+            Value::object(
+                h.iter()
+                    .filter(|(name, _)| keep.iter().any(|n| n.eq_ignore_ascii_case(name)))
+                    .map(|(name, v)| (name.clone(), v.clone()))
+                    .collect(),
+            )
         } else {
-            redact(v, texts)
+            v.clone()
         };
         out.insert(k.clone(), v);
     }
-    Value::object(out)
+    out
 }
 
 #[cfg(test)]
@@ -93,27 +335,99 @@ mod tests {
         }
     }
 
+    fn redactor() -> Redactor {
+        Redactor::new(&map(json!({
+            "apiKey": "s3cr3t-value",
+            "short": "abc",
+            "pin": 987654321,
+            "quoted": "a\"b\\c",
+            "tiny": "ab",
+            "list": ["not", "searched"],
+            "sluice_max_instructions": 100,
+            "prismeai_ratelimit_automations": 250,
+        })))
+    }
+
     #[test]
-    fn hides_secret_texts_and_secret_arguments() {
-        let secrets = map(json!({"apiKey": "s3cr3t-value", "pin": 12345, "x": "ab"}));
-        let texts = secret_texts(&secrets);
+    fn hides_long_short_numeric_and_json_escaped_secrets_in_text() {
+        let r = redactor();
+        assert_eq!(
+            r.text("key=s3cr3t-value&x=abc pin 987654321!"),
+            "key=REDACTED&x=REDACTED pin REDACTED!"
+        );
+        // As JSON text shows it, and raw.
+        assert_eq!(r.text(r#"{"q":"a\"b\\c"}"#), r#"{"q":"REDACTED"}"#);
+        assert_eq!(r.text("a\"b\\c"), "REDACTED");
+        // Shorter than 3 characters, limit settings and non-scalars are not secrets to hide.
+        let clean = "ab 100 250 not searched";
+        assert!(matches!(r.text(clean), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn a_secret_that_contains_another_is_hidden_whole() {
+        let r = Redactor::new(&map(json!({"a": "abc", "b": "xabcx"})));
+        assert_eq!(r.text("xabcx abc"), "REDACTED REDACTED");
+    }
+
+    #[test]
+    fn hides_secrets_in_strings_numbers_and_keys_of_a_value() {
+        let r = redactor();
+        let v = Value::from(json!({
+            "n": 987654321,
+            "bigger": 19876543210u64,
+            "other": 12,
+            "nested": [1, {"s3cr3t-value": "x abc"}, "plain"],
+            "json": "{\"k\":\"a\\\"b\\\\c\"}",
+        }));
+        assert_eq!(
+            r.value(&v).to_json(),
+            json!({
+                "n": "REDACTED",
+                "bigger": "1REDACTED0",
+                "other": 12,
+                "nested": [1, {"REDACTED": "x REDACTED"}, "plain"],
+                "json": "{\"k\":\"REDACTED\"}",
+            })
+        );
+        let clean = Value::from(json!({"a": [1, "two", {"b": 3.5}]}));
+        assert!(r.changed(&clean).is_none());
+        assert!(Redactor::default().changed(&v).is_none());
+    }
+
+    #[test]
+    fn executed_trigger_payload_hides_secret_arguments_and_keeps_listed_headers() {
         let args = secret_arguments(Some(&Value::from(
             json!({"password": {"type": "string", "secret": true}, "name": {"type": "string"}}),
         )));
         let payload = map(json!({
             "password": "hunter2",
             "name": "ab",
-            "headers": {"authorization": "Bearer s3cr3t-value"},
-            "list": [12345, "pin 12345"],
+            "headers": {"x-api-key": "k", "content-type": "application/json", "X-Request-Id": "r"},
         }));
+        let keep = ["content-type".to_string(), "x-request-id".to_string()];
         assert_eq!(
-            redact_payload(&payload, &args, &texts).to_json(),
+            Value::object(trigger_payload(&payload, &args, Some(&keep))).to_json(),
             json!({
                 "password": "REDACTED",
                 "name": "ab",
-                "headers": {"authorization": "Bearer REDACTED"},
-                "list": [12345, "pin REDACTED"],
+                "headers": {"content-type": "application/json", "X-Request-Id": "r"},
             })
         );
+        // Not a webhook: `headers` is the caller's own variable, kept whole.
+        assert_eq!(
+            Value::object(trigger_payload(&payload, &[], None)).to_json(),
+            Value::object(payload).to_json()
+        );
+    }
+
+    #[test]
+    fn logs_hide_the_secrets_of_installed_workspaces_only() {
+        let secret = "log-secret-5b1d07e2";
+        let line = format!("listener failed: {secret}");
+        let r = Redactor::new(&map(json!({"k": secret})));
+        log_secrets("redact-test-ws", Some(&r));
+        assert_eq!(log_redactor().text(&line), "listener failed: REDACTED");
+        log_secrets("redact-test-ws", None);
+        assert_eq!(log_redactor().text(&line), line);
     }
 }

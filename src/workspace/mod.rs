@@ -28,8 +28,8 @@ pub struct Workspace {
     pub config: Value,
     /// The workspace's secrets (`{{secret.x}}`, rate limit overrides).
     pub secrets: Map,
-    /// Secret values as text, longest first, to hide in executed events.
-    pub secret_texts: Vec<String>,
+    /// Hides the secret values in what leaves the process (events, errors, logs).
+    pub redactor: crate::runtime::Redactor,
     /// Automations by slug.
     pub automations: HashMap<String, Arc<Automation>>,
     /// Automations listening to each event type.
@@ -248,7 +248,7 @@ pub fn load_with(
         id,
         name,
         config,
-        secret_texts: crate::runtime::secret_texts(&secrets),
+        redactor: crate::runtime::Redactor::new(&secrets),
         secrets,
         automations,
         listeners,
