@@ -15,4 +15,6 @@ if ! NATS_SERVER_BIN=$(scripts/nats-test-server.sh install); then
   exit 2
 fi
 export NATS_SERVER_BIN
+# tests/slow_clients.rs opens thousands of connections: use the whole fd allowance.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo test --locked --all-targets

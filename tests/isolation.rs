@@ -135,6 +135,14 @@ fn every_bomb_fails_its_own_request_and_the_process_keeps_serving() {
             b.error
         );
         assert!(!message.contains('\n'), "{}: one line: {message:?}", b.slug);
+        // Located by the file's name in its workspace, never by the server's paths.
+        let root = dir.path().to_string_lossy();
+        assert!(!message.contains(root.as_ref()), "{}: {message}", b.slug);
+        assert!(
+            message.contains(&format!("{}.yml:", b.slug)),
+            "{}: {message}",
+            b.slug
+        );
         assert_eq!(
             call(&s, "victim", "ping", &json!({})),
             (200, "pong".to_string()),

@@ -166,11 +166,17 @@ impl<'a> Exec<'a> {
         })
     }
 
+    /// `automation `slug` (file.yml:line)`: the file by its name in the workspace
+    /// folder, since the message reaches webhook callers, who have no business
+    /// knowing where the server keeps its files.
     fn location(&self, i: &Instruction) -> String {
+        let file = &self.automation.file;
         format!(
             "automation `{}` ({}:{})",
             self.automation.slug,
-            self.automation.file.display(),
+            file.file_name()
+                .unwrap_or(file.as_os_str())
+                .to_string_lossy(),
             i.line
         )
     }
