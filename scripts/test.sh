@@ -17,4 +17,5 @@ fi
 export NATS_SERVER_BIN
 # tests/slow_clients.rs opens thousands of connections: use the whole fd allowance.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-cargo test --locked --all-targets
+# --no-fail-fast: one failing file must not hide the results of the others.
+cargo test --locked --all-targets --no-fail-fast

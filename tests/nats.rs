@@ -379,6 +379,13 @@ async fn shutdown_finishes_quick_events_and_hands_slow_ones_back() {
         },
     )
     .await;
+    // The other instance is ready (workspace installed, watched) before anything is
+    // handed back: one that starts pulling before its workspace is installed would
+    // run the events with no listener.
+    let done =
+        "when: {events: [job]}\ndo:\n  - emit: {event: done, payload: {n: '{{payload.n}}'}}\n";
+    let other = instance(&server.url, &s, &[("onjob", done)]).await;
+    let mut feed = other.bus.watch("ws");
     let started = Instant::now();
     bounded(Duration::from_secs(10), "shutdown", leaving.bus.shutdown()).await;
     assert!(
@@ -387,11 +394,6 @@ async fn shutdown_finishes_quick_events_and_hands_slow_ones_back() {
         started.elapsed()
     );
     assert_eq!(leaving.runs("onjob"), 5, "the quick events finished");
-
-    let done =
-        "when: {events: [job]}\ndo:\n  - emit: {event: done, payload: {n: '{{payload.n}}'}}\n";
-    let other = instance(&server.url, &s, &[("onjob", done)]).await;
-    let mut feed = other.bus.watch("ws");
     let mut seen = Vec::new();
     bounded(Duration::from_secs(10), "handed-back events", async {
         while seen.len() < 5 {

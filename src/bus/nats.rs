@@ -443,14 +443,21 @@ impl Puller {
                 }
             }
         }
-        // Events already received but not started go straight back to the cluster.
+        // Events already received but not started go straight back to the cluster,
+        // but only once this instance's pull requests are closed: a nak while one is
+        // still open can hand the event right back to it, to be lost with it until
+        // ack_wait. Closing a pull unsubscribes its inbox (the UNSUB is queued before the
+        // naks on the same connection), so the server skips it from then on.
+        let mut received = Vec::new();
         for pull in pulls.iter_mut() {
             while let Some(Some((item, _))) = pull.next().now_or_never() {
-                if let Ok(message) = item {
-                    if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
-                        tracing::warn!(error = %e, "handing an event back failed");
-                    }
-                }
+                received.extend(item.ok());
+            }
+        }
+        drop(pulls);
+        for message in received {
+            if let Err(e) = message.ack_with(AckKind::Nak(None)).await {
+                tracing::warn!(error = %e, "handing an event back failed");
             }
         }
     }
