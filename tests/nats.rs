@@ -220,8 +220,7 @@ async fn events_of_a_lost_instance_run_on_another_after_ack_wait() {
         .contains("sluice_bus_redeliveries_total 0\n"));
     relay.cut();
 
-    let done =
-        "when: {events: [job]}\ndo:\n  - emit: {event: done, payload: {n: '{{payload.n}}'}}\n";
+    let done = "when: {events: [job]}\ndo:\n  - emit: {event: done, payload: {n: '{{payload.n}}', r: '{{source.redelivered}}'}}\n";
     let survivor = instance(&server.url, &s, &[("onjob", done)]).await;
     let mut feed = survivor.bus.watch("ws");
     let mut seen: HashMap<u64, usize> = HashMap::new();
@@ -229,7 +228,10 @@ async fn events_of_a_lost_instance_run_on_another_after_ack_wait() {
         while seen.len() < N {
             let e = feed.recv().await.unwrap();
             if e.kind == "done" {
-                let n = e.payload.to_json()["n"].as_u64().unwrap();
+                let payload = e.payload.to_json();
+                let n = payload["n"].as_u64().unwrap();
+                // Delivered once to the lost instance: at least one earlier delivery.
+                assert!(payload["r"].as_u64() >= Some(1), "{payload}");
                 *seen.entry(n).or_default() += 1;
             }
         }

@@ -5,7 +5,11 @@
 //! - Every instance pulls from the same durable consumer, so JetStream hands each
 //!   event to exactly one instance, and an event is acknowledged only once its
 //!   listeners finished: an instance that dies leaves its events unacknowledged,
-//!   and after `ack_wait` JetStream redelivers them to another instance.
+//!   and after `ack_wait` JetStream redelivers them to another instance. Long runs
+//!   send progress reports every third of `ack_wait`, so only a dead instance's
+//!   events go back. A redelivered event carries `source.redelivered`.
+//! - An ack counts only once the server confirmed it: a status reply (a 503 while
+//!   JetStream restarts) is a failed ack, retried while the event is still held.
 //! - An instance never asks for more events than it has free slots (`max_inflight`),
 //!   so a slow or throttled instance takes less and the others take the rest.
 //! - Watchers (`wait`, SSE) are fed from a plain core-NATS subscription to every
@@ -20,7 +24,7 @@ use crate::config::NatsSettings;
 use crate::metrics::Metrics;
 use crate::value::{Map, Value};
 use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
-use async_nats::jetstream::message::{Acker, PublishMessage};
+use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream, AckKind};
 use futures::future::BoxFuture;
 use futures::stream::{SelectAll, Stream, StreamExt};
@@ -49,6 +53,11 @@ const SETTLE_POLL: Duration = Duration::from_millis(20);
 /// The consumer's cap on unacknowledged events across the cluster; each instance
 /// bounds its own share with `max_inflight`, so this only has to never bind.
 const MAX_ACK_PENDING: i64 = 1_000_000;
+/// How long one ack attempt waits for the server's confirmation.
+const ACK_TIMEOUT: Duration = Duration::from_secs(1);
+/// First pause after a failed ack; it doubles up to `ACK_RETRY_MAX`.
+const ACK_RETRY: Duration = Duration::from_millis(50);
+const ACK_RETRY_MAX: Duration = Duration::from_millis(800);
 /// The stream of claims and its deduplication window.
 const CLAIMS_STREAM: &str = "SLUICE_CLAIMS";
 /// Outside `sluice.<workspace>.…`, so that no workspace name can reach it and it
@@ -131,6 +140,15 @@ fn executed_subject(workspace: &str) -> String {
     format!("sluice.{}.executed", token(workspace))
 }
 
+/// Why the server did not confirm an ack.
+#[derive(Debug, thiserror::Error)]
+enum AckError {
+    #[error("{0}")]
+    Request(#[from] async_nats::RequestError),
+    #[error("the server answered {0}")]
+    Refused(String),
+}
+
 fn broker(context: &str) -> impl Fn(&dyn std::fmt::Display) -> BusError + '_ {
     move |e| BusError::Broker(format!("{context}: {e}"))
 }
@@ -163,7 +181,9 @@ struct Work {
 /// One taken event. Its state decides, exactly once, between acknowledging it
 /// (the listeners finished) and handing it back (shutdown ran out of time).
 struct Delivery {
-    acker: Acker,
+    client: async_nats::Client,
+    /// The message's `$JS.ACK…` subject: acks, progress and naks go there.
+    reply: async_nats::Subject,
     state: AtomicU8,
     task: OnceLock<AbortHandle>,
 }
@@ -177,6 +197,53 @@ impl Delivery {
         self.state
             .compare_exchange(RUNNING, to, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
+    }
+
+    /// Sends `kind` without waiting for the server (progress, nak).
+    async fn tell(&self, kind: AckKind) -> Result<(), async_nats::PublishError> {
+        self.client.publish(self.reply.clone(), kind.into()).await
+    }
+
+    /// One ack the server confirmed. async-nats' `double_ack` takes any reply as
+    /// success, but a status reply (503 in the moment JetStream stops before the
+    /// connections do, 408, …) or an error body means the ack was not recorded.
+    async fn ack_once(&self, wait: Duration) -> Result<(), AckError> {
+        let request = async_nats::Request::new()
+            .payload(AckKind::Ack.into())
+            .timeout(Some(wait));
+        let reply = self
+            .client
+            .send_request(self.reply.clone(), request)
+            .await?;
+        if let Some(status) = reply.status.filter(|s| !s.is_success()) {
+            let about = reply.description.unwrap_or_default();
+            return Err(AckError::Refused(format!("{} {about}", status.as_u16())));
+        }
+        if reply.payload.starts_with(b"-ERR") || reply.payload.starts_with(b"{\"error\"") {
+            return Err(AckError::Refused(
+                String::from_utf8_lossy(&reply.payload).into_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Acks, retrying with backoff while the event is still ours (until `held`,
+    /// when the server gives it to another instance anyway).
+    async fn ack(&self, held: tokio::time::Instant) -> Result<(), AckError> {
+        let mut pause = ACK_RETRY;
+        loop {
+            let left = held.saturating_duration_since(tokio::time::Instant::now());
+            let wait = left.clamp(ACK_RETRY, ACK_TIMEOUT);
+            match self.ack_once(wait).await {
+                Ok(()) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() + pause >= held => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, "ack not confirmed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(ACK_RETRY_MAX);
+                }
+            }
+        }
     }
 }
 
@@ -401,11 +468,12 @@ impl Stream for Pull {
 
 /// What the consumer loop needs, shared with every handler task it spawns.
 struct Puller {
+    client: async_nats::Client,
     consumer: PullConsumer,
     handler: Arc<dyn EventHandler>,
     work: Arc<Work>,
     metrics: Arc<Metrics>,
-    progress: Duration,
+    ack_wait: Duration,
 }
 
 impl Puller {
@@ -474,7 +542,8 @@ impl Puller {
                 return;
             }
         };
-        if message.info().map(|i| i.delivered > 1).unwrap_or(false) {
+        let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+        if delivered > 1 {
             self.metrics.redelivered();
         }
         let Some(slot) = slot else {
@@ -484,19 +553,31 @@ impl Puller {
             }
             return;
         };
-        let (message, acker) = message.split();
-        let event = match decode(&message.payload) {
+        let mut event = match decode(&message.payload) {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(subject = %message.subject, error = %e, "dropping an undecodable event");
-                if let Err(e) = acker.ack_with(AckKind::Term).await {
+                if let Err(e) = message.ack_with(AckKind::Term).await {
                     tracing::warn!(error = %e, "terminating an undecodable event failed");
                 }
                 return;
             }
         };
+        let Some(reply) = message.message.reply else {
+            tracing::warn!(subject = %message.message.subject, "dropping an event with no ack subject");
+            return;
+        };
+        // Listeners read `{{source.redelivered}}` to make their side effects
+        // idempotent; it is set by this delivery only, never carried over.
+        if delivered > 1 {
+            let earlier = Value::Number((delivered - 1) as f64);
+            event.source.insert("redelivered".into(), earlier);
+        } else {
+            event.source.shift_remove("redelivered");
+        }
         let delivery = Arc::new(Delivery {
-            acker,
+            client: self.client.clone(),
+            reply,
             state: AtomicU8::new(RUNNING),
             task: OnceLock::new(),
         });
@@ -506,43 +587,55 @@ impl Puller {
             metrics: self.metrics.clone(),
         };
         let handler = self.handler.clone();
-        let progress = self.progress;
+        let ack_wait = self.ack_wait;
         let task = {
             let delivery = delivery.clone();
             tokio::spawn(async move {
                 let _untrack = untrack;
                 let _slot = slot;
-                run_and_ack(handler, Arc::new(event), &delivery, progress).await;
+                run_and_ack(handler, Arc::new(event), &delivery, ack_wait).await;
             })
         };
         let _ = delivery.task.set(task.abort_handle());
     }
 }
 
-/// Runs the listeners, telling the server the event is still being worked on so a
-/// long run is not redelivered, then acknowledges it unless shutdown handed it back.
+/// Runs the listeners, telling the server every third of `ack_wait` that the event
+/// is still being worked on so a long run is not redelivered (two reports may be
+/// lost before it is), then acknowledges it unless shutdown handed it back.
 async fn run_and_ack(
     handler: Arc<dyn EventHandler>,
     event: Arc<Event>,
     delivery: &Delivery,
-    progress: Duration,
+    ack_wait: Duration,
 ) {
-    let mut work = handler.handle(event);
+    let progress = ack_wait / 3;
+    // Until when the server surely keeps the event ours; counted from now, not from
+    // its delivery, so slightly late, which only costs a retry that finds it gone.
+    let mut held = tokio::time::Instant::now() + ack_wait;
+    let mut work = handler.handle(event.clone());
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + progress, progress);
     loop {
         tokio::select! {
             _ = &mut work => break,
             _ = ticks.tick() => {
-                if let Err(e) = delivery.acker.ack_with(AckKind::Progress).await {
-                    tracing::debug!(error = %e, "progress report failed");
+                match delivery.tell(AckKind::Progress).await {
+                    Ok(()) => held = tokio::time::Instant::now() + ack_wait,
+                    Err(e) => tracing::debug!(error = %e, "progress report failed"),
                 }
             }
         }
     }
     if delivery.settle(FINISHED) {
-        if let Err(e) = delivery.acker.double_ack().await {
-            // Not acknowledged: the server redelivers it after ack_wait.
-            tracing::warn!(error = %e, "acknowledging an event failed");
+        if let Err(e) = delivery.ack(held).await {
+            // The server redelivers it after ack_wait, with `source.redelivered`.
+            tracing::warn!(
+                event = %event.id,
+                workspace = %event.workspace,
+                event_type = %event.kind,
+                error = %e,
+                "executed, but its ack failed: it may run again"
+            );
         }
     }
 }
@@ -554,13 +647,13 @@ impl Bus for NatsBus {
         if puller.is_some() || self.work.stopping.load(Ordering::SeqCst) {
             return;
         }
-        let ack_wait = Duration::from_secs(self.settings.ack_wait_secs);
         let task = Puller {
+            client: self.client.clone(),
             consumer: self.consumer.clone(),
             handler,
             work: self.work.clone(),
             metrics: self.metrics.clone(),
-            progress: (ack_wait / 2).max(Duration::from_millis(500)),
+            ack_wait: Duration::from_secs(self.settings.ack_wait_secs),
         };
         *puller = Some(self.runtime.spawn(task.run()));
     }
@@ -666,7 +759,7 @@ impl Bus for NatsBus {
                         if let Some(task) = delivery.task.get() {
                             task.abort();
                         }
-                        if let Err(e) = delivery.acker.ack_with(AckKind::Nak(None)).await {
+                        if let Err(e) = delivery.tell(AckKind::Nak(None)).await {
                             tracing::warn!(error = %e, "handing an event back failed");
                         }
                     }
