@@ -150,7 +150,7 @@ impl Default for NatsSettings {
         NatsSettings {
             stream: "SLUICE_EVENTS".to_owned(),
             consumer: "sluice-workers".to_owned(),
-            ack_wait_secs: 30,
+            ack_wait_secs: 5,
             max_deliver: 10,
             max_inflight: 64,
             max_age_secs: 86_400,

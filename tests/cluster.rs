@@ -1,6 +1,7 @@
 //! Several `sluice serve` processes on one real nats-server: an instance
-//! killed with SIGKILL mid-run loses no event, and schedules tick once per
-//! cluster. Events are observed from the test through a NATS subscription.
+//! killed with SIGKILL mid-run loses no event, its events run elsewhere within
+//! the default ack wait, and schedules tick once per cluster. Events are
+//! observed from the test through a NATS subscription.
 
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -90,6 +91,88 @@ async fn a_killed_instance_loses_no_event() {
     let duplicates: u32 = seen.values().map(|c| c - 1).sum();
     println!("all {N} events ran; {duplicates} ran twice (redelivered after the kill)");
     assert_eq!(seen.len(), N);
+}
+
+/// Counts one `done` event: runs of its job, and those marked as redeliveries.
+fn count_run(runs: &mut HashMap<u64, (u32, u32)>, done: &[u8]) {
+    let event: serde_json::Value = serde_json::from_slice(done).unwrap();
+    let n = event["payload"]["n"].as_u64().unwrap();
+    let marked = event["payload"]["r"].as_u64().is_some_and(|r| r >= 1);
+    let entry = runs.entry(n).or_default();
+    entry.0 += 1;
+    entry.1 += u32::from(marked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instance_fails_over_within_ack_wait_and_marks_reruns() {
+    // The default ack wait, on purpose: failover in seconds is the default.
+    let ack_wait = Duration::from_secs(sluice::config::NatsSettings::default().ack_wait_secs);
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "work.yml",
+        "slug: work\nwhen: {events: [work]}\ndo:\n  - wait: {timeout: 0.5}\n  - emit: {event: done, payload: {n: '{{payload.n}}', r: '{{source.redelivered}}'}}\n",
+    );
+    let cfg = dir.path().join("sluice.yaml");
+    std::fs::write(&cfg, "nats:\n  shutdown_grace_secs: 2\n").unwrap();
+    let cfg = cfg.to_string_lossy().into_owned();
+    let a = instance(dir.path(), &nats.url, &cfg);
+    let mut b = instance(dir.path(), &nats.url, &cfg);
+    let _c = instance(dir.path(), &nats.url, &cfg);
+
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let mut done = client.subscribe("sluice.demo.events.done").await.unwrap();
+    const N: usize = 300;
+    let events: Vec<serde_json::Value> = (0..N)
+        .map(|n| serde_json::json!({"type": "work", "payload": {"n": n}}))
+        .collect();
+    let r = reqwest::Client::new()
+        .post(format!("{}/v2/workspaces/demo/events", a.base))
+        .json(&events)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // Every instance holds events in the middle of their runs.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    let killed = tokio::time::Instant::now();
+
+    // Runs per event, and how many of them were marked as redeliveries.
+    let mut runs: HashMap<u64, (u32, u32)> = HashMap::new();
+    let deadline = killed + ack_wait + Duration::from_secs(2);
+    while runs.len() < N {
+        match tokio::time::timeout_at(deadline, done.next()).await {
+            Ok(Some(msg)) => {
+                count_run(&mut runs, &msg.payload);
+            }
+            _ => panic!(
+                "{} of {N} events done {:?} after the kill (ack wait {ack_wait:?}); logs:\n{}",
+                runs.len(),
+                killed.elapsed(),
+                a.logs.lock().unwrap()
+            ),
+        }
+    }
+    let took = killed.elapsed();
+    // Late reruns of events already seen: collect until quiet.
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(700), done.next()).await {
+        count_run(&mut runs, &msg.payload);
+    }
+    let reruns: u32 = runs.values().map(|(_, m)| m).sum();
+    let duplicates: u32 = runs.values().map(|(c, _)| c - 1).sum();
+    println!(
+        "all {N} events done {took:?} after the kill; {reruns} redelivered runs, {duplicates} events ran twice"
+    );
+    assert!(reruns > 0, "the killed instance held no event: {runs:?}");
+    for (n, (count, marked)) in &runs {
+        assert!(
+            count - marked <= 1,
+            "event {n} ran {count} times, only {marked} marked as redelivered"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
