@@ -254,6 +254,10 @@ impl Bus for EmbeddedBus {
         self.feeds.send(&Arc::new(event));
     }
 
+    fn connected(&self) -> bool {
+        true
+    }
+
     fn has_watchers(&self) -> bool {
         self.feeds.is_watched()
     }

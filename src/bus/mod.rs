@@ -126,6 +126,9 @@ pub trait Bus: Send + Sync + 'static {
     fn publish(&self, event: Event) -> BoxFuture<'_, Result<Duration, BusError>>;
     /// Publishes a notification (the executed event): watchers only, no listeners.
     fn notify(&self, event: Event);
+    /// Whether the bus can take events now (NATS: the connection is up); the
+    /// healthcheck reports it so load balancers stop sending work that would fail.
+    fn connected(&self) -> bool;
     /// Whether anyone (a `wait`, an SSE client, other instances) can see notifications.
     fn has_watchers(&self) -> bool;
     /// Every event of `workspace` this instance sees, for the SSE stream.

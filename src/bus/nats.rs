@@ -49,6 +49,10 @@ const SETTLE_POLL: Duration = Duration::from_millis(20);
 /// The consumer's cap on unacknowledged events across the cluster; each instance
 /// bounds its own share with `max_inflight`, so this only has to never bind.
 const MAX_ACK_PENDING: i64 = 1_000_000;
+/// Longest pause between reconnection attempts: the client's default backs off
+/// to 4 s, which would keep an instance away (and unhealthy) for seconds after
+/// NATS is back; a refused connection on loopback or a LAN costs little.
+const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(250);
 /// The stream of claims and its deduplication window.
 const CLAIMS_STREAM: &str = "SLUICE_CLAIMS";
 /// Outside `sluice.<workspace>.…`, so that no workspace name can reach it and it
@@ -250,6 +254,10 @@ impl NatsBus {
     ) -> Result<NatsBus, BusError> {
         let client = async_nats::ConnectOptions::new()
             .name("sluice")
+            .reconnect_delay_callback(|attempts| {
+                let exp = u32::try_from(attempts).unwrap_or(u32::MAX).min(16);
+                Duration::from_millis(1u64 << exp).min(RECONNECT_MAX_DELAY)
+            })
             .connect(url)
             .await
             .map_err(|e| broker("connecting to NATS")(&e))?;
@@ -581,6 +589,10 @@ impl Bus for NatsBus {
         if let Err(e) = self.notifier.try_send(event) {
             tracing::warn!(error = %e, "executed event dropped: NATS is not keeping up");
         }
+    }
+
+    fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     fn has_watchers(&self) -> bool {

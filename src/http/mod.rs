@@ -363,15 +363,21 @@ fn events_of(
 }
 
 async fn health(State(state): State<AppState>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
-        Json(serde_json::json!({"healthy": true})).into_response()
-    } else {
-        (
+    if !state.ready.load(Ordering::Acquire) {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({"healthy": false})),
         )
-            .into_response()
+            .into_response();
     }
+    if !state.runtime.bus().connected() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"healthy": false, "bus": "disconnected"})),
+        )
+            .into_response();
+    }
+    Json(serde_json::json!({"healthy": true})).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
