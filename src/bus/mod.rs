@@ -111,16 +111,22 @@ pub enum BusError {
     /// The bus is shut down.
     #[error("the event bus is closed")]
     Closed,
-    /// The broker refused or could not be reached.
+    /// The event was surely not stored: the broker refused it or it never left.
     #[error("event bus: {0}")]
-    Broker(String),
+    Refused(String),
+    /// No answer in time: the event may or may not be stored (a client buffers
+    /// publishes while disconnected). Publishing it again with the same id is
+    /// safe: the bus stores an id once within its duplicate window.
+    #[error("event bus: outcome unknown: {0}")]
+    Unknown(String),
 }
 
 /// Carries events to the automations that listen to them, and to watchers.
 pub trait Bus: Send + Sync + 'static {
     /// Registers the handler that runs listeners; call once before publishing.
     fn start(&self, handler: Arc<dyn EventHandler>);
-    /// Publishes an emitted event: watchers see it and its listeners run once.
+    /// Publishes an emitted event: watchers see it and its listeners run once;
+    /// an id published again within the duplicate window is dropped.
     /// Resolves with how long it waited for room in a full queue (back-pressure
     /// the emitter counts as throttled time).
     fn publish(&self, event: Event) -> BoxFuture<'_, Result<Duration, BusError>>;

@@ -88,7 +88,7 @@ fn encode(event: &Event) -> Result<Vec<u8>, BusError> {
         source,
         created_at: event.created_at.clone(),
     };
-    serde_json::to_vec(&wire).map_err(|e| BusError::Broker(format!("encoding an event: {e}")))
+    serde_json::to_vec(&wire).map_err(|e| BusError::Refused(format!("encoding an event: {e}")))
 }
 
 fn decode(bytes: &[u8]) -> Result<Event, serde_json::Error> {
@@ -136,7 +136,17 @@ fn executed_subject(workspace: &str) -> String {
 }
 
 fn broker(context: &str) -> impl Fn(&dyn std::fmt::Display) -> BusError + '_ {
-    move |e| BusError::Broker(format!("{context}: {e}"))
+    move |e| BusError::Refused(format!("{context}: {e}"))
+}
+
+/// A failed store ack: without an answer (time out, connection lost) the
+/// client may still deliver the buffered publish, so the outcome is unknown.
+fn stored_error(e: jetstream::context::PublishError) -> BusError {
+    use jetstream::context::PublishErrorKind as Kind;
+    match e.kind() {
+        Kind::TimedOut | Kind::BrokenPipe => BusError::Unknown(format!("storing an event: {e}")),
+        _ => BusError::Refused(format!("storing an event: {e}")),
+    }
 }
 
 /// The bus of an instance in a NATS cluster.
@@ -268,6 +278,7 @@ impl NatsBus {
                 subjects: vec!["sluice.*.events.>".to_owned()],
                 storage: stream::StorageType::File,
                 max_age: Duration::from_secs(settings.max_age_secs),
+                duplicate_window: Duration::from_secs(settings.duplicate_window_secs),
                 ..Default::default()
             })
             .await
@@ -573,15 +584,15 @@ impl Bus for NatsBus {
                 .js
                 .send_publish(
                     events_subject(&event.workspace, &event.kind),
-                    PublishMessage::build().payload(payload.into()),
+                    PublishMessage::build()
+                        .payload(payload.into())
+                        .message_id(event.id.as_str()),
                 )
                 .await
                 .map_err(|e| broker("publishing an event")(&e))?;
             // The event is stored before the emit returns; JetStream does the
             // queueing, so the emitter never waits for room here.
-            ack.await
-                .map_err(|e| broker("storing an event")(&e))
-                .map(|_| Duration::ZERO)
+            ack.await.map_err(stored_error).map(|_| Duration::ZERO)
         })
     }
 
