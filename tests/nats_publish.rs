@@ -104,7 +104,7 @@ async fn post(serve: &Serve, events: &Value) -> (u16, Value) {
 /// Waits until `n` events were counted, then a little longer so that a
 /// second run of any of them would be counted too.
 async fn settle(hits: &Hits, n: usize) -> HashMap<String, usize> {
-    for _ in 0..200 {
+    for _ in 0..360 {
         if hits.lock().unwrap().len() >= n {
             break;
         }
@@ -195,4 +195,34 @@ async fn the_embedded_bus_runs_a_resent_id_once_and_refuses_bad_ids() {
     }
     let hits = settle(&hits, 1).await;
     assert_eq!(hits, HashMap::from([("1".to_string(), 1)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_emitting_2000_events_over_nats_stores_them_all_and_each_runs_once() {
+    const N: usize = 2000;
+    let nats = NatsServer::start();
+    let (counter, hits) = counter().await;
+    let dir = hit_workspace(&counter);
+    write(
+        dir.path(),
+        "fanout.yml",
+        &format!(
+            "slug: fanout\nwhen: {{endpoint: true}}\ndo:\n  - repeat:\n      on: {N}\n      do:\n        - emit: {{event: hit, payload: {{n: '{{{{$index}}}}'}}}}\noutput: done\n"
+        ),
+    );
+    let serve = start(dir.path(), &[("NATS_URL", nats.url.as_str())]);
+    let r = reqwest::Client::new()
+        .post(format!("{}/v2/workspaces/demo/webhooks/fanout", serve.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.text().await.unwrap(), "done");
+
+    let hits = tokio::time::timeout(Duration::from_secs(25), settle(&hits, N))
+        .await
+        .expect("the listeners did not all run");
+    assert_eq!(hits.len(), N, "events missing");
+    let twice: Vec<_> = hits.iter().filter(|(_, &runs)| runs != 1).collect();
+    assert!(twice.is_empty(), "ran more than once: {twice:?}");
 }

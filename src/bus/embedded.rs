@@ -16,7 +16,7 @@
 //! runs nothing twice.
 
 use super::feeds::Feeds;
-use super::{Bus, BusError, Event, EventFilter, EventHandler, Waiter, Watch};
+use super::{Bus, BusError, Event, EventFilter, EventHandler, Receipt, Waiter, Watch};
 use crate::config::RuntimeSettings;
 use futures::future::BoxFuture;
 use std::collections::{HashSet, VecDeque};
@@ -44,19 +44,33 @@ pub struct EmbeddedBus {
     recent: Mutex<Recent>,
 }
 
-/// The ids published lately, oldest first.
-#[derive(Default)]
+/// The ids published lately, oldest first, at most `cap` of them.
 struct Recent {
     ids: HashSet<String>,
     order: VecDeque<(Instant, String)>,
+    cap: usize,
+}
+
+impl Default for Recent {
+    fn default() -> Recent {
+        Recent::with_cap(RECENT_IDS)
+    }
 }
 
 impl Recent {
+    fn with_cap(cap: usize) -> Recent {
+        Recent {
+            ids: HashSet::new(),
+            order: VecDeque::new(),
+            cap,
+        }
+    }
+
     /// Remembers `id`; false when it is already remembered.
     fn first(&mut self, id: &str) -> bool {
         let now = Instant::now();
         while let Some((at, _)) = self.order.front() {
-            if self.order.len() < RECENT_IDS && now.duration_since(*at) < RECENT_WINDOW {
+            if self.order.len() < self.cap && now.duration_since(*at) < RECENT_WINDOW {
                 break;
             }
             if let Some((_, old)) = self.order.pop_front() {
@@ -271,14 +285,14 @@ impl Bus for EmbeddedBus {
         let _ = self.handler.set(handler);
     }
 
-    fn publish(&self, event: Event) -> BoxFuture<'_, Result<Duration, BusError>> {
+    fn publish(&self, event: Event) -> BoxFuture<'_, Result<Receipt, BusError>> {
         let first = self
             .recent
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .first(&event.id);
         if !first {
-            return Box::pin(async { Ok(Duration::ZERO) });
+            return Box::pin(async { Ok(Receipt::stored_after(Duration::ZERO)) });
         }
         let event = Arc::new(event);
         self.feeds.send(&event);
@@ -310,12 +324,12 @@ impl Bus for EmbeddedBus {
             shared.push(event);
             shared.pump(handler);
             let Some((started, blocked)) = waiting else {
-                return Ok(Duration::ZERO);
+                return Ok(Receipt::stored_after(Duration::ZERO));
             };
             if let Some(blocked) = blocked {
                 blocked.resume(shared).await;
             }
-            Ok(started.elapsed())
+            Ok(Receipt::stored_after(started.elapsed()))
         })
     }
 
@@ -459,10 +473,10 @@ mod tests {
         let (bus, tree) = tree(1, 1);
         // Stop the tree at once: events with DEPTH levels emit nothing.
         let leaf = |n: usize| event(format!("{n}.1.2.3.4"));
-        assert_eq!(bus.publish(leaf(1)).await.unwrap(), Duration::ZERO);
-        assert_eq!(bus.publish(leaf(2)).await.unwrap(), Duration::ZERO);
+        assert_eq!(bus.publish(leaf(1)).await.unwrap().waited(), Duration::ZERO);
+        assert_eq!(bus.publish(leaf(2)).await.unwrap().waited(), Duration::ZERO);
         // 1 runs, 2 fills the queue: 3 waits until 1 finished.
-        let waited = bus.publish(leaf(3)).await.unwrap();
+        let waited = bus.publish(leaf(3)).await.unwrap().waited();
         assert_eq!(waited, Duration::from_millis(10));
         bus.settled().await;
         assert_eq!(tree.runs.lock().unwrap().len(), 3);
@@ -482,14 +496,14 @@ mod tests {
         bus.settled().await;
         assert_eq!(tree.runs.lock().unwrap().get("7.1.2.3.4"), Some(&2));
 
-        let mut recent = Recent::default();
-        for n in 0..=RECENT_IDS {
+        let mut recent = Recent::with_cap(10);
+        for n in 0..=10 {
             assert!(recent.first(&n.to_string()));
         }
         // The oldest made room for the newest: the bound holds.
-        assert_eq!(recent.ids.len(), RECENT_IDS);
+        assert_eq!(recent.ids.len(), 10);
         assert!(recent.first("0"));
-        assert!(!recent.first(&RECENT_IDS.to_string()));
+        assert!(!recent.first("10"));
     }
 
     #[tokio::test(start_paused = true)]

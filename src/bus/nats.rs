@@ -11,11 +11,15 @@
 //! - Watchers (`wait`, SSE) are fed from a plain core-NATS subscription to every
 //!   event and executed notification of the cluster, so they see other instances'
 //!   events too; the feed task hands each event to its workspace's watchers only.
+//! - Every event is published with `Nats-Msg-Id` = its id, so a resend (a client
+//!   retrying after a 504) within `duplicate_window_secs` is stored once. A
+//!   publish returns once handed to the client; its ack comes back in a
+//!   [`Receipt`] the execution collects later, so emits are pipelined.
 //! - Claims (one run per schedule tick) use the deduplication window of a second
 //!   stream: the first publish of a message id is stored, later ones are duplicates.
 
 use super::feeds::Feeds;
-use super::{Bus, BusError, Event, EventFilter, EventHandler, Waiter, Watch};
+use super::{Bus, BusError, Event, EventFilter, EventHandler, Receipt, Waiter, Watch};
 use crate::config::NatsSettings;
 use crate::metrics::Metrics;
 use crate::value::{Map, Value};
@@ -577,7 +581,7 @@ impl Bus for NatsBus {
         *puller = Some(self.runtime.spawn(task.run()));
     }
 
-    fn publish(&self, event: Event) -> BoxFuture<'_, Result<Duration, BusError>> {
+    fn publish(&self, event: Event) -> BoxFuture<'_, Result<Receipt, BusError>> {
         Box::pin(async move {
             let payload = encode(&event)?;
             let ack = self
@@ -590,9 +594,12 @@ impl Bus for NatsBus {
                 )
                 .await
                 .map_err(|e| broker("publishing an event")(&e))?;
-            // The event is stored before the emit returns; JetStream does the
-            // queueing, so the emitter never waits for room here.
-            ack.await.map_err(stored_error).map(|_| Duration::ZERO)
+            // JetStream does the queueing, so the emitter never waits for room
+            // here; the ack comes back while it goes on (publishes on one
+            // connection keep their order).
+            Ok(Receipt::pending(Box::pin(async move {
+                ack.await.map(drop).map_err(stored_error)
+            })))
         })
     }
 

@@ -12,6 +12,7 @@ mod contexts;
 mod error;
 mod exec;
 mod fetch;
+mod receipts;
 mod redact;
 #[cfg(test)]
 mod tests;
@@ -20,7 +21,7 @@ pub use contexts::RunState;
 pub use error::{ErrorKind, ExecError};
 pub use redact::{RedactedStderr, Redactor};
 
-use crate::bus::{Bus, BusError, Event, EventHandler, EXECUTED};
+use crate::bus::{Bus, BusError, Event, EventHandler, Receipt, EXECUTED};
 use crate::config::Settings;
 use crate::dsl::Automation;
 use crate::limits::{LimitKind, Limiters};
@@ -368,7 +369,7 @@ impl Runtime {
         let mut event = self.inner.event(workspace, kind, payload, source);
         event.id = id;
         self.inner.record(&event);
-        self.inner.bus.publish(event).await.map(drop)
+        self.inner.bus.publish(event).await?.stored().await
     }
 }
 
@@ -421,8 +422,9 @@ impl Inner {
         }
     }
 
-    /// Publishes `event` and returns how long the bus made it wait for room.
-    async fn publish(&self, event: Event) -> Result<Duration, ExecError> {
+    /// Publishes `event`; its receipt says how long the bus made it wait for
+    /// room, and brings its store answer.
+    async fn publish(&self, event: Event) -> Result<Receipt, ExecError> {
         self.record(&event);
         self.bus
             .publish(event)
@@ -509,8 +511,11 @@ impl Inner {
             meter: budget::Meter::starting_at(x.instructions),
             sizes: Mutex::default(),
             sized: AtomicBool::new(false),
+            receipts: receipts::Receipts::default(),
         };
         let flow = exec.block(&x.automation.body).await?;
+        // Before the output: a caller must not see success for events not stored.
+        exec.receipts.collect().await?;
         let output = exec.output()?;
         let throttled = Duration::from_nanos(exec.throttled.load(Ordering::Relaxed));
         let outcome = Outcome {
