@@ -143,6 +143,9 @@ pub struct NatsSettings {
     /// Seconds a stopping instance waits for its running events before handing them back.
     #[serde(deserialize_with = "de::whole")]
     pub shutdown_grace_secs: u64,
+    /// Seconds during which a resent event id (`Nats-Msg-Id`) is stored only once.
+    #[serde(deserialize_with = "de::positive")]
+    pub duplicate_window_secs: u64,
 }
 
 impl Default for NatsSettings {
@@ -155,6 +158,7 @@ impl Default for NatsSettings {
             max_inflight: 64,
             max_age_secs: 86_400,
             shutdown_grace_secs: 10,
+            duplicate_window_secs: 120,
         }
     }
 }

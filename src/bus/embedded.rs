@@ -9,16 +9,27 @@
 //! - Listeners emit too. A listener that waits for room gives its slot back
 //!   while it waits (and takes one again before going on), so that slots held by
 //!   blocked emitters can never keep the queue from draining: no deadlock.
+//!
+//! An event id published again while it is among the last [`RECENT_IDS`] ids
+//! and younger than [`RECENT_WINDOW`] is dropped, as JetStream's duplicate
+//! window does on NATS, so a client retrying `POST /events` with the same ids
+//! runs nothing twice.
 
 use super::feeds::Feeds;
-use super::{Bus, BusError, Event, EventFilter, EventHandler, Waiter, Watch};
+use super::{Bus, BusError, Event, EventFilter, EventHandler, Receipt, Waiter, Watch};
 use crate::config::RuntimeSettings;
 use futures::future::BoxFuture;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// Most event ids remembered to drop resends; bounds memory under any rate.
+const RECENT_IDS: usize = 100_000;
+/// How long an event id is remembered (`nats.duplicate_window_secs`' default).
+const RECENT_WINDOW: Duration = Duration::from_secs(120);
 
 tokio::task_local! {
     /// The slot of the listener task running here, so its emits can give it back.
@@ -30,6 +41,55 @@ pub struct EmbeddedBus {
     handler: OnceLock<Arc<dyn EventHandler>>,
     feeds: Arc<Feeds>,
     shared: Arc<Shared>,
+    recent: Mutex<Recent>,
+}
+
+/// The ids published lately, oldest first, at most `cap` of them.
+struct Recent {
+    ids: HashSet<String>,
+    order: VecDeque<(Instant, String)>,
+    cap: usize,
+}
+
+impl Default for Recent {
+    fn default() -> Recent {
+        Recent::with_cap(RECENT_IDS)
+    }
+}
+
+impl Recent {
+    fn with_cap(cap: usize) -> Recent {
+        Recent {
+            ids: HashSet::new(),
+            order: VecDeque::new(),
+            cap,
+        }
+    }
+
+    /// Remembers `id`; false when it is already remembered.
+    fn first(&mut self, id: &str) -> bool {
+        let now = Instant::now();
+        while let Some((at, _)) = self.order.front() {
+            if self.order.len() < self.cap && now.duration_since(*at) < RECENT_WINDOW {
+                break;
+            }
+            if let Some((_, old)) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+        if !self.ids.insert(id.to_owned()) {
+            return false;
+        }
+        self.order.push_back((now, id.to_owned()));
+        true
+    }
+
+    /// Forgets `id`, whose publish failed, so a retry is not dropped.
+    fn forget(&mut self, id: &str) {
+        if self.ids.remove(id) {
+            self.order.retain(|(_, other)| other != id);
+        }
+    }
 }
 
 /// What the bus shares with its listener tasks.
@@ -87,6 +147,7 @@ impl EmbeddedBus {
                 queue: Mutex::default(),
                 pending: Pending::default(),
             }),
+            recent: Mutex::default(),
         }
     }
 }
@@ -209,17 +270,35 @@ impl Drop for Blocked {
     }
 }
 
+impl EmbeddedBus {
+    fn forget(&self, id: &str) {
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .forget(id);
+    }
+}
+
 impl Bus for EmbeddedBus {
     fn start(&self, handler: Arc<dyn EventHandler>) {
         // A second start keeps the first handler: the runtime registers once.
         let _ = self.handler.set(handler);
     }
 
-    fn publish(&self, event: Event) -> BoxFuture<'_, Result<Duration, BusError>> {
+    fn publish(&self, event: Event) -> BoxFuture<'_, Result<Receipt, BusError>> {
+        let first = self
+            .recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .first(&event.id);
+        if !first {
+            return Box::pin(async { Ok(Receipt::stored_after(Duration::ZERO)) });
+        }
         let event = Arc::new(event);
         self.feeds.send(&event);
         Box::pin(async move {
             let Some(handler) = self.handler.get() else {
+                self.forget(&event.id);
                 return Err(BusError::Closed);
             };
             let shared = &self.shared;
@@ -234,24 +313,32 @@ impl Bus for EmbeddedBus {
                         .map(|slot| Blocked::new(slot, shared, handler));
                     // Room is never closed: the bus owns the semaphore.
                     let room = shared.room.acquire().await;
-                    room.map_err(|_| BusError::Closed)?.forget();
+                    let Ok(room) = room else {
+                        self.forget(&event.id);
+                        return Err(BusError::Closed);
+                    };
+                    room.forget();
                     waiting = Some((started, blocked));
                 }
             }
             shared.push(event);
             shared.pump(handler);
             let Some((started, blocked)) = waiting else {
-                return Ok(Duration::ZERO);
+                return Ok(Receipt::stored_after(Duration::ZERO));
             };
             if let Some(blocked) = blocked {
                 blocked.resume(shared).await;
             }
-            Ok(started.elapsed())
+            Ok(Receipt::stored_after(started.elapsed()))
         })
     }
 
     fn notify(&self, event: Event) {
         self.feeds.send(&Arc::new(event));
+    }
+
+    fn connected(&self) -> bool {
+        true
     }
 
     fn has_watchers(&self) -> bool {
@@ -386,14 +473,37 @@ mod tests {
         let (bus, tree) = tree(1, 1);
         // Stop the tree at once: events with DEPTH levels emit nothing.
         let leaf = |n: usize| event(format!("{n}.1.2.3.4"));
-        assert_eq!(bus.publish(leaf(1)).await.unwrap(), Duration::ZERO);
-        assert_eq!(bus.publish(leaf(2)).await.unwrap(), Duration::ZERO);
+        assert_eq!(bus.publish(leaf(1)).await.unwrap().waited(), Duration::ZERO);
+        assert_eq!(bus.publish(leaf(2)).await.unwrap().waited(), Duration::ZERO);
         // 1 runs, 2 fills the queue: 3 waits until 1 finished.
-        let waited = bus.publish(leaf(3)).await.unwrap();
+        let waited = bus.publish(leaf(3)).await.unwrap().waited();
         assert_eq!(waited, Duration::from_millis(10));
         bus.settled().await;
         assert_eq!(tree.runs.lock().unwrap().len(), 3);
         assert_eq!(tree.most.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_id_published_again_runs_once_until_it_is_forgotten() {
+        let (bus, tree) = tree(4, 100);
+        let leaf = || event("7.1.2.3.4".into());
+        bus.publish(leaf()).await.unwrap();
+        bus.publish(leaf()).await.unwrap();
+        bus.settled().await;
+        assert_eq!(tree.runs.lock().unwrap().get("7.1.2.3.4"), Some(&1));
+        tokio::time::advance(RECENT_WINDOW).await;
+        bus.publish(leaf()).await.unwrap();
+        bus.settled().await;
+        assert_eq!(tree.runs.lock().unwrap().get("7.1.2.3.4"), Some(&2));
+
+        let mut recent = Recent::with_cap(10);
+        for n in 0..=10 {
+            assert!(recent.first(&n.to_string()));
+        }
+        // The oldest made room for the newest: the bound holds.
+        assert_eq!(recent.ids.len(), 10);
+        assert!(recent.first("0"));
+        assert!(!recent.first("10"));
     }
 
     #[tokio::test(start_paused = true)]

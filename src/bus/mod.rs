@@ -111,21 +111,75 @@ pub enum BusError {
     /// The bus is shut down.
     #[error("the event bus is closed")]
     Closed,
-    /// The broker refused or could not be reached.
+    /// The event was surely not stored: the broker refused it or it never left.
     #[error("event bus: {0}")]
-    Broker(String),
+    Refused(String),
+    /// No answer in time: the event may or may not be stored (a client buffers
+    /// publishes while disconnected). Publishing it again with the same id is
+    /// safe: the bus stores an id once within its duplicate window.
+    #[error("event bus: outcome unknown: {0}")]
+    Unknown(String),
+}
+
+/// A published event on its way to being stored: the emitter goes on at once
+/// and collects the store answer later (NATS: the JetStream ack), so emits are
+/// pipelined instead of waiting a round trip each.
+pub struct Receipt {
+    waited: Duration,
+    stored: Option<BoxFuture<'static, Result<(), BusError>>>,
+}
+
+impl Receipt {
+    /// An event already stored (the embedded bus), after `waited` for room.
+    pub fn stored_after(waited: Duration) -> Receipt {
+        Receipt {
+            waited,
+            stored: None,
+        }
+    }
+
+    /// An event whose store answer `stored` resolves to.
+    pub fn pending(stored: BoxFuture<'static, Result<(), BusError>>) -> Receipt {
+        Receipt {
+            waited: Duration::ZERO,
+            stored: Some(stored),
+        }
+    }
+
+    /// How long the publish waited for room in a full queue (back-pressure the
+    /// emitter counts as throttled time).
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    /// The store answer still to come, if any.
+    pub fn into_pending(self) -> Option<BoxFuture<'static, Result<(), BusError>>> {
+        self.stored
+    }
+
+    /// Resolves once the event is stored, or with why it may not be.
+    pub async fn stored(self) -> Result<(), BusError> {
+        match self.stored {
+            Some(stored) => stored.await,
+            None => Ok(()),
+        }
+    }
 }
 
 /// Carries events to the automations that listen to them, and to watchers.
 pub trait Bus: Send + Sync + 'static {
     /// Registers the handler that runs listeners; call once before publishing.
     fn start(&self, handler: Arc<dyn EventHandler>);
-    /// Publishes an emitted event: watchers see it and its listeners run once.
-    /// Resolves with how long it waited for room in a full queue (back-pressure
-    /// the emitter counts as throttled time).
-    fn publish(&self, event: Event) -> BoxFuture<'_, Result<Duration, BusError>>;
+    /// Publishes an emitted event: watchers see it and its listeners run once;
+    /// an id published again within the duplicate window is dropped. Resolves
+    /// once the event is handed over (in order with this caller's earlier
+    /// publishes), with a [`Receipt`] for its store answer.
+    fn publish(&self, event: Event) -> BoxFuture<'_, Result<Receipt, BusError>>;
     /// Publishes a notification (the executed event): watchers only, no listeners.
     fn notify(&self, event: Event);
+    /// Whether the bus can take events now (NATS: the connection is up); the
+    /// healthcheck reports it so load balancers stop sending work that would fail.
+    fn connected(&self) -> bool;
     /// Whether anyone (a `wait`, an SSE client, other instances) can see notifications.
     fn has_watchers(&self) -> bool;
     /// Every event of `workspace` this instance sees, for the SSE stream.

@@ -15,11 +15,15 @@
 //! - Watchers (`wait`, SSE) are fed from a plain core-NATS subscription to every
 //!   event and executed notification of the cluster, so they see other instances'
 //!   events too; the feed task hands each event to its workspace's watchers only.
+//! - Every event is published with `Nats-Msg-Id` = its id, so a resend (a client
+//!   retrying after a 504) within `duplicate_window_secs` is stored once. A
+//!   publish returns once handed to the client; its ack comes back in a
+//!   [`Receipt`] the execution collects later, so emits are pipelined.
 //! - Claims (one run per schedule tick) use the deduplication window of a second
 //!   stream: the first publish of a message id is stored, later ones are duplicates.
 
 use super::feeds::Feeds;
-use super::{Bus, BusError, Event, EventFilter, EventHandler, Waiter, Watch};
+use super::{Bus, BusError, Event, EventFilter, EventHandler, Receipt, Waiter, Watch};
 use crate::config::NatsSettings;
 use crate::metrics::Metrics;
 use crate::value::{Map, Value};
@@ -58,6 +62,10 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(1);
 /// First pause after a failed ack; it doubles up to `ACK_RETRY_MAX`.
 const ACK_RETRY: Duration = Duration::from_millis(50);
 const ACK_RETRY_MAX: Duration = Duration::from_millis(800);
+/// Longest pause between reconnection attempts: the client's default backs off
+/// to 4 s, which would keep an instance away (and unhealthy) for seconds after
+/// NATS is back; a refused connection on loopback or a LAN costs little.
+const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(250);
 /// The stream of claims and its deduplication window.
 const CLAIMS_STREAM: &str = "SLUICE_CLAIMS";
 /// Outside `sluice.<workspace>.…`, so that no workspace name can reach it and it
@@ -93,7 +101,7 @@ fn encode(event: &Event) -> Result<Vec<u8>, BusError> {
         source,
         created_at: event.created_at.clone(),
     };
-    serde_json::to_vec(&wire).map_err(|e| BusError::Broker(format!("encoding an event: {e}")))
+    serde_json::to_vec(&wire).map_err(|e| BusError::Refused(format!("encoding an event: {e}")))
 }
 
 fn decode(bytes: &[u8]) -> Result<Event, serde_json::Error> {
@@ -150,7 +158,17 @@ enum AckError {
 }
 
 fn broker(context: &str) -> impl Fn(&dyn std::fmt::Display) -> BusError + '_ {
-    move |e| BusError::Broker(format!("{context}: {e}"))
+    move |e| BusError::Refused(format!("{context}: {e}"))
+}
+
+/// A failed store ack: without an answer (time out, connection lost) the
+/// client may still deliver the buffered publish, so the outcome is unknown.
+fn stored_error(e: jetstream::context::PublishError) -> BusError {
+    use jetstream::context::PublishErrorKind as Kind;
+    match e.kind() {
+        Kind::TimedOut | Kind::BrokenPipe => BusError::Unknown(format!("storing an event: {e}")),
+        _ => BusError::Refused(format!("storing an event: {e}")),
+    }
 }
 
 /// The bus of an instance in a NATS cluster.
@@ -317,6 +335,10 @@ impl NatsBus {
     ) -> Result<NatsBus, BusError> {
         let client = async_nats::ConnectOptions::new()
             .name("sluice")
+            .reconnect_delay_callback(|attempts| {
+                let exp = u32::try_from(attempts).unwrap_or(u32::MAX).min(16);
+                Duration::from_millis(1u64 << exp).min(RECONNECT_MAX_DELAY)
+            })
             .connect(url)
             .await
             .map_err(|e| broker("connecting to NATS")(&e))?;
@@ -327,6 +349,7 @@ impl NatsBus {
                 subjects: vec!["sluice.*.events.>".to_owned()],
                 storage: stream::StorageType::File,
                 max_age: Duration::from_secs(settings.max_age_secs),
+                duplicate_window: Duration::from_secs(settings.duplicate_window_secs),
                 ..Default::default()
             })
             .await
@@ -658,22 +681,25 @@ impl Bus for NatsBus {
         *puller = Some(self.runtime.spawn(task.run()));
     }
 
-    fn publish(&self, event: Event) -> BoxFuture<'_, Result<Duration, BusError>> {
+    fn publish(&self, event: Event) -> BoxFuture<'_, Result<Receipt, BusError>> {
         Box::pin(async move {
             let payload = encode(&event)?;
             let ack = self
                 .js
                 .send_publish(
                     events_subject(&event.workspace, &event.kind),
-                    PublishMessage::build().payload(payload.into()),
+                    PublishMessage::build()
+                        .payload(payload.into())
+                        .message_id(event.id.as_str()),
                 )
                 .await
                 .map_err(|e| broker("publishing an event")(&e))?;
-            // The event is stored before the emit returns; JetStream does the
-            // queueing, so the emitter never waits for room here.
-            ack.await
-                .map_err(|e| broker("storing an event")(&e))
-                .map(|_| Duration::ZERO)
+            // JetStream does the queueing, so the emitter never waits for room
+            // here; the ack comes back while it goes on (publishes on one
+            // connection keep their order).
+            Ok(Receipt::pending(Box::pin(async move {
+                ack.await.map(drop).map_err(stored_error)
+            })))
         })
     }
 
@@ -681,6 +707,10 @@ impl Bus for NatsBus {
         if let Err(e) = self.notifier.try_send(event) {
             tracing::warn!(error = %e, "executed event dropped: NATS is not keeping up");
         }
+    }
+
+    fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     fn has_watchers(&self) -> bool {

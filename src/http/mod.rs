@@ -11,7 +11,7 @@ mod secrets;
 
 pub use listen::{serve, Shutdown};
 
-use crate::bus::{check_event_type, Watch};
+use crate::bus::{check_event_type, BusError, Watch};
 use crate::config::Settings;
 use crate::runtime::{Redactor, Runtime, Start, Trigger};
 use crate::value::{Map, Value};
@@ -285,19 +285,52 @@ async fn ingest(
                 )
             }
         };
-        events.push((kind.to_string(), payload));
+        let id = match item.get("id") {
+            None | Some(serde_json::Value::Null) => state.runtime.new_event_id(),
+            Some(serde_json::Value::String(id)) if valid_event_id(id) => id.clone(),
+            Some(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("event {i}: `id` must be 1 to 64 letters, digits, `_` or `-`"),
+                )
+            }
+        };
+        events.push((id, kind.to_string(), payload));
     }
-    let count = events.len();
-    for (kind, payload) in events {
-        if let Err(e) = state.runtime.emit_external(&ws, &kind, payload).await {
-            return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-        }
+    let ids: Vec<String> = events.iter().map(|(id, _, _)| id.clone()).collect();
+    for (id, kind, payload) in events {
+        let Err(e) = state
+            .runtime
+            .publish_external(&ws, id, &kind, payload)
+            .await
+        else {
+            continue;
+        };
+        let status = match e {
+            BusError::Unknown(_) => StatusCode::GATEWAY_TIMEOUT,
+            BusError::Refused(_) | BusError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        // Some events may be stored: the ids let the client retry them all safely.
+        let message = format!("{e}; send the same events with these ids again");
+        return (
+            status,
+            Json(serde_json::json!({"error": {"message": message, "ids": ids}})),
+        )
+            .into_response();
     }
     (
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({"accepted": count})),
+        Json(serde_json::json!({"accepted": ids.len(), "ids": ids})),
     )
         .into_response()
+}
+
+/// Client event ids: short, and safe in a NATS header and a log line.
+fn valid_event_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 async fn stream(
@@ -363,15 +396,21 @@ fn events_of(
 }
 
 async fn health(State(state): State<AppState>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
-        Json(serde_json::json!({"healthy": true})).into_response()
-    } else {
-        (
+    if !state.ready.load(Ordering::Acquire) {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({"healthy": false})),
         )
-            .into_response()
+            .into_response();
     }
+    if !state.runtime.bus().connected() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"healthy": false, "bus": "disconnected"})),
+        )
+            .into_response();
+    }
+    Json(serde_json::json!({"healthy": true})).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -47,6 +47,8 @@ pub struct Exec<'a> {
     /// Whether `sizes` holds anything: most executions only replace whole
     /// variables and never need to lock it.
     pub sized: AtomicBool,
+    /// Store answers of this execution's emits, collected when its body ends.
+    pub receipts: super::receipts::Receipts,
 }
 
 /// An instruction's values after interpolation (DSUL §2.4): computed before it
@@ -689,9 +691,14 @@ impl<'a> Exec<'a> {
                 ),
             ));
         }
-        let waited = self.rt.publish(event).await?;
-        self.rt
-            .throttled(&self.ws.id, LimitKind::Emits, waited, &self.throttled);
+        let receipt = self.rt.publish(event).await?;
+        self.rt.throttled(
+            &self.ws.id,
+            LimitKind::Emits,
+            receipt.waited(),
+            &self.throttled,
+        );
+        self.receipts.hold(receipt).await?;
         Ok(value)
     }
 
@@ -716,10 +723,14 @@ impl<'a> Exec<'a> {
     /// for room on the bus still counts as throttled under `emits`).
     pub async fn native_event(&self, kind: &str, payload: Value) -> Result<(), ExecError> {
         let event = self.make_event(kind, payload);
-        let waited = self.rt.publish(event).await?;
-        self.rt
-            .throttled(&self.ws.id, LimitKind::Emits, waited, &self.throttled);
-        Ok(())
+        let receipt = self.rt.publish(event).await?;
+        self.rt.throttled(
+            &self.ws.id,
+            LimitKind::Emits,
+            receipt.waited(),
+            &self.throttled,
+        );
+        self.receipts.hold(receipt).await
     }
 
     async fn wait(&self, args: &Value) -> Result<Value, ExecError> {

@@ -12,6 +12,7 @@ mod contexts;
 mod error;
 mod exec;
 mod fetch;
+mod receipts;
 mod redact;
 #[cfg(test)]
 mod tests;
@@ -20,7 +21,7 @@ pub use contexts::RunState;
 pub use error::{ErrorKind, ExecError};
 pub use redact::{RedactedStderr, Redactor};
 
-use crate::bus::{Bus, Event, EventHandler, EXECUTED};
+use crate::bus::{Bus, BusError, Event, EventHandler, Receipt, EXECUTED};
 use crate::config::Settings;
 use crate::dsl::Automation;
 use crate::limits::{LimitKind, Limiters};
@@ -340,14 +341,35 @@ impl Runtime {
         kind: &str,
         payload: Value,
     ) -> Result<(), ExecError> {
+        self.publish_external(workspace, self.new_event_id(), kind, payload)
+            .await
+            .map_err(|e| ExecError::new(ErrorKind::Internal, e.to_string()))
+    }
+
+    /// A fresh event id, for clients that name their events before publishing.
+    pub fn new_event_id(&self) -> String {
+        self.inner.new_id()
+    }
+
+    /// Publishes an event from outside with the id `id`; publishing an id again
+    /// within the bus's duplicate window stores nothing new (safe retries).
+    pub async fn publish_external(
+        &self,
+        workspace: &str,
+        id: String,
+        kind: &str,
+        payload: Value,
+    ) -> Result<(), BusError> {
         let mut source = Map::new();
         source.insert("workspaceId".into(), Value::str(workspace));
         source.insert(
             "correlationId".into(),
             Value::str(self.inner.new_id().as_str()),
         );
-        let event = self.inner.event(workspace, kind, payload, source);
-        self.inner.publish(event).await.map(drop)
+        let mut event = self.inner.event(workspace, kind, payload, source);
+        event.id = id;
+        self.inner.record(&event);
+        self.inner.bus.publish(event).await?.stored().await
     }
 }
 
@@ -389,8 +411,7 @@ impl Inner {
         }
     }
 
-    /// Publishes `event` and returns how long the bus made it wait for room.
-    async fn publish(&self, event: Event) -> Result<Duration, ExecError> {
+    fn record(&self, event: &Event) {
         if let Some(rec) = self
             .recorder
             .lock()
@@ -399,6 +420,12 @@ impl Inner {
         {
             rec.push(event.clone());
         }
+    }
+
+    /// Publishes `event`; its receipt says how long the bus made it wait for
+    /// room, and brings its store answer.
+    async fn publish(&self, event: Event) -> Result<Receipt, ExecError> {
+        self.record(&event);
         self.bus
             .publish(event)
             .await
@@ -484,8 +511,11 @@ impl Inner {
             meter: budget::Meter::starting_at(x.instructions),
             sizes: Mutex::default(),
             sized: AtomicBool::new(false),
+            receipts: receipts::Receipts::default(),
         };
         let flow = exec.block(&x.automation.body).await?;
+        // Before the output: a caller must not see success for events not stored.
+        exec.receipts.collect().await?;
         let output = exec.output()?;
         let throttled = Duration::from_nanos(exec.throttled.load(Ordering::Relaxed));
         let outcome = Outcome {

@@ -15,17 +15,59 @@ const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/nats-test-ser
 pub struct NatsServer {
     pub url: String,
     pidfile: PathBuf,
+    /// `--port` and `--store` of a server that can be stopped and started again.
+    fixed: Option<(u16, PathBuf)>,
     _dir: tempfile::TempDir,
 }
 
 impl NatsServer {
     pub fn start() -> NatsServer {
-        let dir = tempfile::tempdir().unwrap();
-        let pidfile = dir.path().join("nats.pid");
+        Self::launch(None)
+    }
+
+    /// A server on a fixed port and store, so that [`NatsServer::stop`] then
+    /// [`NatsServer::restart`] bring it back where clients reconnect, streams kept.
+    pub fn restartable() -> NatsServer {
+        let store = tempfile::tempdir().unwrap().keep();
+        Self::launch(Some((free_port(), store)))
+    }
+
+    /// Stops the server (as on drop); clients see it go away.
+    pub fn stop(&self) {
         let out = Command::new("bash")
             .arg(SCRIPT)
+            .arg("stop")
+            .arg(&self.pidfile)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts a stopped restartable server again on its port and store.
+    pub fn restart(&mut self) {
+        let again = Self::launch(self.fixed.take());
+        assert_eq!(again.url, self.url);
+        *self = again;
+    }
+
+    fn launch(fixed: Option<(u16, PathBuf)>) -> NatsServer {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("nats.pid");
+        let mut command = Command::new("bash");
+        command
+            .arg(SCRIPT)
             .args(["start", "--jetstream", "--max-lifetime", "600", "--pidfile"])
-            .arg(&pidfile)
+            .arg(&pidfile);
+        if let Some((port, store)) = &fixed {
+            command
+                .args(["--port", &port.to_string(), "--store"])
+                .arg(store);
+        }
+        let out = command
             .output()
             .unwrap_or_else(|e| panic!("cannot run {SCRIPT}: {e}"));
         assert!(
@@ -39,6 +81,7 @@ impl NatsServer {
         NatsServer {
             url,
             pidfile,
+            fixed,
             _dir: dir,
         }
     }
@@ -51,6 +94,9 @@ impl Drop for NatsServer {
             .arg("stop")
             .arg(&self.pidfile)
             .output();
+        if let Some((_, store)) = &self.fixed {
+            let _ = std::fs::remove_dir_all(store);
+        }
     }
 }
 
