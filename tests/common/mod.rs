@@ -11,10 +11,13 @@ use std::time::{Duration, Instant};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/nats-test-server.sh");
 
-/// A nats-server with JetStream, stopped on drop.
+/// A nats-server with JetStream, stopped on drop. Its store lives in its own
+/// temp dir, so `stop` then `start_again` brings back its streams and consumers
+/// on the same port (a broker restart, as clients see it).
 pub struct NatsServer {
     pub url: String,
     pidfile: PathBuf,
+    store: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -22,26 +25,59 @@ impl NatsServer {
     pub fn start() -> NatsServer {
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("nats.pid");
-        let out = Command::new("bash")
-            .arg(SCRIPT)
-            .args(["start", "--jetstream", "--max-lifetime", "600", "--pidfile"])
-            .arg(&pidfile)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {SCRIPT}: {e}"));
-        assert!(
-            out.status.success(),
-            "nats-server did not start; these tests need nats-server >= 2.11 \
-             (run `scripts/nats-test-server.sh install` and export NATS_SERVER_BIN, \
-             or use scripts/test.sh). Script output:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let store = dir.path().join("store");
+        let url = launch(&pidfile, &store, &[]);
         NatsServer {
             url,
             pidfile,
+            store,
             _dir: dir,
         }
     }
+
+    /// Stops the server the way an operator does (SIGTERM, so JetStream shuts
+    /// down before the connections close); the store stays.
+    pub fn stop(&self) {
+        let out = Command::new("bash")
+            .arg(SCRIPT)
+            .arg("stop")
+            .arg(&self.pidfile)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nats-server did not stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts the stopped server again on its port with its store.
+    pub fn start_again(&self) {
+        let port = self.url.rsplit(':').next().unwrap();
+        let url = launch(&self.pidfile, &self.store, &["--port", port]);
+        assert_eq!(url, self.url, "nats-server came back elsewhere");
+    }
+}
+
+/// Runs the script's `start` with JetStream in `store`; returns the URL.
+fn launch(pidfile: &Path, store: &Path, extra: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(SCRIPT)
+        .args(["start", "--jetstream", "--max-lifetime", "600", "--pidfile"])
+        .arg(pidfile)
+        .arg("--store-dir")
+        .arg(store)
+        .args(extra)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {SCRIPT}: {e}"));
+    assert!(
+        out.status.success(),
+        "nats-server did not start; these tests need nats-server >= 2.11 \
+         (run `scripts/nats-test-server.sh install` and export NATS_SERVER_BIN, \
+         or use scripts/test.sh). Script output:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 impl Drop for NatsServer {
