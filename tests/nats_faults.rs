@@ -3,7 +3,7 @@
 //! server that each listener calls with its event and `{{source.redelivered}}`,
 //! so a run twice is seen even when sluice does not know it ran twice.
 
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value as J};
 use std::collections::{HashMap, HashSet};
@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{get, serve_with, write, NatsServer, Serve};
+use common::{serve_with, write, NatsServer, Serve};
 
 /// One listener execution, as the counter received it.
 #[derive(Debug, Clone)]
@@ -23,28 +23,44 @@ struct Hit {
 
 type Hits = Arc<Mutex<HashMap<u64, Vec<Hit>>>>;
 
-/// A local HTTP server recording every execution by the event's `n`.
-async fn counter() -> (String, Hits) {
+/// A local HTTP server recording every execution by the event's `n` (POST
+/// /hit), and a gate (GET /gate) that holds listeners until the test opens it.
+struct Counter {
+    base: String,
+    hits: Hits,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+async fn counter() -> Counter {
     let hits: Hits = Arc::default();
+    let (open, gate) = tokio::sync::watch::channel(false);
     let app = {
         let hits = hits.clone();
-        Router::new().route(
-            "/hit",
-            post(move |Json(body): Json<J>| async move {
-                let n = number(&body["n"]).expect("the listener sends n");
-                let hit = Hit {
-                    id: body["id"].as_str().unwrap_or_default().to_string(),
-                    redelivered: number(&body["redelivered"]),
-                };
-                hits.lock().unwrap().entry(n).or_default().push(hit);
-                "ok"
-            }),
-        )
+        Router::new()
+            .route(
+                "/hit",
+                post(move |Json(body): Json<J>| async move {
+                    let n = number(&body["n"]).expect("the listener sends n");
+                    let hit = Hit {
+                        id: body["id"].as_str().unwrap_or_default().to_string(),
+                        redelivered: number(&body["redelivered"]),
+                    };
+                    hits.lock().unwrap().entry(n).or_default().push(hit);
+                    "ok"
+                }),
+            )
+            .route(
+                "/gate",
+                get(move || async move {
+                    let _ = gate.clone().wait_for(|open| *open).await;
+                    "open"
+                }),
+            )
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hit", listener.local_addr().unwrap());
+    let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, hits)
+    Counter { base, hits, open }
 }
 
 /// A number sent as JSON, or as the text of a template.
@@ -77,7 +93,7 @@ fn instance(root: &Path, nats: &str, config: &str) -> Serve {
 fn metric(instances: &[&Serve], name: &str) -> f64 {
     instances
         .iter()
-        .filter_map(|s| get(&format!("{}/metrics", s.base)))
+        .filter_map(|s| common::get(&format!("{}/metrics", s.base)))
         .flat_map(|(_, text)| {
             text.lines()
                 .filter(|l| l.starts_with(name))
@@ -92,24 +108,28 @@ async fn a_nats_restart_runs_every_event_and_marks_every_duplicate_as_a_redelive
     const N: u64 = 3_000;
     const ACK_WAIT: u64 = 3;
     let nats = NatsServer::start();
-    let (url, hits) = counter().await;
+    let counter = counter().await;
+    let hits = counter.hits.clone();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    // The call comes first and the pause after it, so that many events have done
-    // their side effect but are not acknowledged yet when the broker goes away;
-    // with 64 events at once per instance, the pause makes the run last ~12 s.
+    // Listeners wait at the gate until every event is stored, then run as fast
+    // as they can: the more acks in flight when the broker stops, the more land
+    // in the moment when JetStream is down but connections are still open.
     write(
         root,
         "work.yml",
         &format!(
-            "slug: work\nwhen: {{events: [work]}}\ndo:\n  - fetch: {{url: '{url}', method: post, body: {{n: '{{{{payload.n}}}}', id: '{{{{id}}}}', redelivered: '{{{{source.redelivered}}}}'}}, output: r}}\n  - wait: {{timeout: 0.5}}\n"
+            "slug: work\nwhen: {{events: [work]}}\ndo:\n  - fetch: {{url: '{base}/gate', output: g}}\n  - fetch: {{url: '{base}/hit', method: post, body: {{n: '{{{{payload.n}}}}', id: '{{{{id}}}}', redelivered: '{{{{source.redelivered}}}}'}}, output: r}}\n",
+            base = counter.base
         ),
     );
     let cfg = root.join("sluice.yaml");
     // A short ack_wait brings the redeliveries back within the test's time.
     std::fs::write(
         &cfg,
-        format!("nats:\n  ack_wait_secs: {ACK_WAIT}\n  shutdown_grace_secs: 2\n"),
+        format!(
+            "nats:\n  ack_wait_secs: {ACK_WAIT}\n  shutdown_grace_secs: 2\nfetch:\n  max_connections_per_host: 1000\n"
+        ),
     )
     .unwrap();
     let cfg = cfg.to_string_lossy().into_owned();
@@ -130,6 +150,7 @@ async fn a_nats_restart_runs_every_event_and_marks_every_duplicate_as_a_redelive
         assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
     }
 
+    counter.open.send_replace(true);
     let ran = |hits: &Hits| hits.lock().unwrap().len() as u64;
     let started = Instant::now();
     while ran(&hits) < N / 10 {
