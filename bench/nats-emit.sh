@@ -4,6 +4,8 @@
 #
 # Usage: bench/nats-emit.sh [EVENTS]      (default 20000 per emitter; needs curl, awk; builds release)
 #        SCENARIOS="1x1 3x3" bench/nats-emit.sh   runs only those scenarios
+#        SLUICE_BIN=/tmp/sluice-before bench/nats-emit.sh   measures that binary (no build),
+#            so that a before and an after binary can be run alternately on a shared machine
 #
 # A scenario IxE starts a fresh nats-server (scripts/nats-test-server.sh) and I
 # instances, then calls E webhooks at once (emitter k on instance k mod I), each
@@ -22,8 +24,12 @@ cd "$(dirname "$0")/.."
 N=${1:-20000}
 TIMEOUT=${NATS_BENCH_TIMEOUT:-120}
 SCENARIOS=${SCENARIOS:-"embedded 1x1 1x3 3x3"}
-cargo build --release --quiet
-BIN=target/release/sluice
+if [ -n "${SLUICE_BIN:-}" ]; then
+  BIN=$SLUICE_BIN
+else
+  cargo build --release --quiet
+  BIN=target/release/sluice
+fi
 WORK=$(mktemp -d)
 NATS_PIDFILE=$WORK/nats.pid
 PIDS=()
@@ -141,7 +147,7 @@ scenario() { # scenario NAME INSTANCES EMITTERS NATS(0|1)
   stop_all
 }
 
-echo "$("$(bash scripts/nats-test-server.sh bin 2>/dev/null)" --version); $(nproc) cores; load $(cut -d" " -f1-3 /proc/loadavg); $(git rev-parse --short HEAD)"
+echo "$("$(bash scripts/nats-test-server.sh bin 2>/dev/null)" --version); $(nproc) cores; load $(cut -d" " -f1-3 /proc/loadavg); $BIN; HEAD $(git rev-parse --short HEAD)"
 for s in $SCENARIOS; do
   case $s in
     embedded) scenario embedded 1 1 0 ;;
