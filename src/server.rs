@@ -307,6 +307,8 @@ pub async fn serve(settings: Settings) -> Result<(), String> {
         ));
     }
     library.rescan().await;
+    // Only now can an event find its listeners.
+    runtime.start_bus();
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
         .map_err(|e| {

@@ -150,17 +150,30 @@ impl Runtime {
     /// A runtime over `bus`, with limiters from `settings`.
     pub fn new(settings: Settings, bus: Arc<dyn Bus>) -> Result<Runtime, ExecError> {
         let limits = Limiters::new(&settings.limits);
-        Self::build(settings, bus, limits, Arc::default())
+        let rt = Self::build(settings, bus, limits, Arc::default());
+        rt.start_bus();
+        Ok(rt)
     }
 
-    /// A runtime that records into `metrics` (shared with the bus).
+    /// A runtime that records into `metrics` (shared with the bus) and takes no
+    /// event until [`Runtime::start_bus`]: a server first installs its
+    /// workspaces, or it would take queued events with no listener to run them
+    /// and acknowledge them, losing them.
     pub fn with_metrics(
         settings: Settings,
         bus: Arc<dyn Bus>,
         metrics: Arc<Metrics>,
     ) -> Result<Runtime, ExecError> {
         let limits = Limiters::new(&settings.limits);
-        Self::build(settings, bus, limits, metrics)
+        Ok(Self::build(settings, bus, limits, metrics))
+    }
+
+    /// Starts taking events from the bus (once; [`Runtime::new`] and
+    /// [`Runtime::with_limiters`] start at once).
+    pub fn start_bus(&self) {
+        self.inner
+            .bus
+            .start(Arc::new(Listeners(Arc::downgrade(&self.inner))));
     }
 
     /// A runtime with the given limiters (tests inject a fake clock this way).
@@ -169,7 +182,9 @@ impl Runtime {
         bus: Arc<dyn Bus>,
         limits: Limiters,
     ) -> Result<Runtime, ExecError> {
-        Self::build(settings, bus, limits, Arc::default())
+        let rt = Self::build(settings, bus, limits, Arc::default());
+        rt.start_bus();
+        Ok(rt)
     }
 
     fn build(
@@ -177,8 +192,8 @@ impl Runtime {
         bus: Arc<dyn Bus>,
         limits: Limiters,
         metrics: Arc<Metrics>,
-    ) -> Result<Runtime, ExecError> {
-        let rt = Runtime {
+    ) -> Runtime {
+        Runtime {
             inner: Arc::new(Inner {
                 workspaces: RwLock::default(),
                 bus: bus.clone(),
@@ -193,9 +208,7 @@ impl Runtime {
                 metrics,
                 cancels: Arc::default(),
             }),
-        };
-        bus.start(Arc::new(Listeners(Arc::downgrade(&rt.inner))));
-        Ok(rt)
+        }
     }
 
     /// Installs or replaces a workspace, applying its limit overrides. On bad
