@@ -593,6 +593,15 @@ impl Puller {
         // Listeners read `{{source.redelivered}}` to make their side effects
         // idempotent; it is set by this delivery only, never carried over.
         if delivered > 1 {
+            // Said in the logs as well, so an operator can match every repeated
+            // side effect with a redelivery (after a lost ack, instance or broker).
+            tracing::warn!(
+                event = %event.id,
+                workspace = %event.workspace,
+                kind = %event.kind,
+                earlier_deliveries = delivered - 1,
+                "event redelivered: its listeners may have run before"
+            );
             let earlier = Value::Number((delivered - 1) as f64);
             event.source.insert("redelivered".into(), earlier);
         } else {
