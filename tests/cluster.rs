@@ -34,6 +34,20 @@ fn instance(root: &std::path::Path, nats: &str, config: &str) -> Serve {
     })
 }
 
+/// Emits `n` `work` events (`payload.n` = 0..n) through `POST …/events` of the instance at `base`.
+async fn post_work(base: &str, n: usize) {
+    let events: Vec<serde_json::Value> = (0..n)
+        .map(|n| serde_json::json!({"type": "work", "payload": {"n": n}}))
+        .collect();
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v2/workspaces/demo/events"))
+        .json(&events)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_instance_loses_no_event() {
     let nats = NatsServer::start();
@@ -51,16 +65,7 @@ async fn a_killed_instance_loses_no_event() {
     let mut done = client.subscribe("sluice.demo.events.done").await.unwrap();
 
     const N: usize = 300;
-    let events: Vec<serde_json::Value> = (0..N)
-        .map(|n| serde_json::json!({"type": "work", "payload": {"n": n}}))
-        .collect();
-    let r = reqwest::Client::new()
-        .post(format!("{}/v2/workspaces/demo/events", a.base))
-        .json(&events)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    post_work(&a.base, N).await;
 
     // Let both instances take work, then kill one in the middle of the run.
     let mut seen: HashMap<u64, u32> = HashMap::new();
@@ -124,16 +129,7 @@ async fn a_killed_instance_fails_over_within_ack_wait_and_marks_reruns() {
     let client = async_nats::connect(&nats.url).await.unwrap();
     let mut done = client.subscribe("sluice.demo.events.done").await.unwrap();
     const N: usize = 300;
-    let events: Vec<serde_json::Value> = (0..N)
-        .map(|n| serde_json::json!({"type": "work", "payload": {"n": n}}))
-        .collect();
-    let r = reqwest::Client::new()
-        .post(format!("{}/v2/workspaces/demo/events", a.base))
-        .json(&events)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    post_work(&a.base, N).await;
     // Every instance holds events in the middle of their runs.
     tokio::time::sleep(Duration::from_millis(250)).await;
     b.child.kill().unwrap();

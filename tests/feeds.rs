@@ -7,7 +7,7 @@ mod common;
 
 use axum::routing::get;
 use axum::Router;
-use common::{serve_with, Serve};
+use common::Serve;
 use serde_json::{json, Value as J};
 use std::path::Path;
 use std::process::Command;
@@ -30,15 +30,11 @@ fn unlimited(root: &Path, ws: &str) {
 /// `sluice serve` with `settings` (YAML) as its settings file, once healthy.
 async fn serve_with_settings(root: &Path, settings: &str) -> Serve {
     std::fs::create_dir_all(root.join("secrets")).unwrap();
-    let file = root.join("settings.yml");
-    std::fs::write(&file, settings).unwrap();
-    let root = root.to_path_buf();
+    let (root, settings) = (root.to_path_buf(), settings.to_string());
     // The helper polls health with a blocking client: keep it off the runtime.
-    tokio::task::spawn_blocking(move || {
-        serve_with(&root, &[], &["--config", file.to_str().unwrap()])
-    })
-    .await
-    .unwrap()
+    tokio::task::spawn_blocking(move || common::serve_configured(&root, &settings, &[]))
+        .await
+        .unwrap()
 }
 
 async fn post(client: &reqwest::Client, url: String, body: &J) -> (u16, J) {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{serve_with, within, write};
+use common::{serve_configured, serve_with, within, write};
 use std::io::{BufRead, BufReader};
 use std::process::Command;
 use std::sync::mpsc;
@@ -103,12 +103,10 @@ fn sigterm_ends_streams_and_long_waits_within_the_grace() {
         "forever.yml",
         "slug: forever\nwhen: {endpoint: true}\ndo:\n  - wait: {timeout: 86400}\noutput: never\n",
     );
-    let config = dir.path().join("sluice.yml");
-    std::fs::write(&config, "http:\n  shutdown_grace_secs: 2\n").unwrap();
-    let mut s = serve_with(
+    let mut s = serve_configured(
         dir.path(),
+        "http:\n  shutdown_grace_secs: 2\n",
         &[("SLUICE_ADMIN_TOKEN", TOKEN)],
-        &["--config", config.to_str().unwrap()],
     );
     let feed = events(&s.base);
     let url = format!("{}/v2/workspaces/demo/webhooks/forever", s.base);

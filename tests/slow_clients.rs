@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{serve_with, within, write};
+use common::{serve_configured, within, write};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
@@ -57,13 +57,11 @@ fn thousands_of_slow_connections_leave_the_health_check_fast() {
         "hello.yml",
         "slug: hello\nwhen: {endpoint: true}\noutput: hi\n",
     );
-    let config = dir.path().join("sluice.yml");
-    std::fs::write(
-        &config,
+    let s = serve_configured(
+        dir.path(),
         "http:\n  header_read_timeout_ms: 500\n  idle_timeout_secs: 1\n  max_connections: 200\n",
-    )
-    .unwrap();
-    let s = serve_with(dir.path(), &[], &["--config", config.to_str().unwrap()]);
+        &[],
+    );
     let pid = s.child.id();
     let address = s.base.trim_start_matches("http://").to_string();
     let baseline = open_fds(pid);
@@ -120,13 +118,11 @@ fn an_idle_keep_alive_connection_is_closed_but_a_long_request_is_not() {
         "slow.yml",
         "slug: slow\nwhen: {endpoint: true}\ndo:\n  - wait: {timeout: 2}\noutput: finished\n",
     );
-    let config = dir.path().join("sluice.yml");
-    std::fs::write(
-        &config,
+    let s = serve_configured(
+        dir.path(),
         "http:\n  header_read_timeout_ms: 300\n  idle_timeout_secs: 1\n",
-    )
-    .unwrap();
-    let s = serve_with(dir.path(), &[], &["--config", config.to_str().unwrap()]);
+        &[],
+    );
     let address = s.base.trim_start_matches("http://").to_string();
     let mut c = TcpStream::connect(&address).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -156,9 +152,7 @@ fn oversized_and_malformed_bodies_get_json_errors() {
         "hello.yml",
         "slug: hello\nwhen: {endpoint: true}\noutput: hi\n",
     );
-    let config = dir.path().join("sluice.yml");
-    std::fs::write(&config, "http:\n  max_body: 16\n").unwrap();
-    let s = serve_with(dir.path(), &[], &["--config", config.to_str().unwrap()]);
+    let s = serve_configured(dir.path(), "http:\n  max_body: 16\n", &[]);
     let client = reqwest::blocking::Client::new();
     for (path, body, status) in [
         ("webhooks/hello", "x".repeat(100), 413),

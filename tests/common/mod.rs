@@ -158,6 +158,13 @@ pub fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> 
     None
 }
 
+/// `sluice serve` over `root` with `settings` (YAML) as its `--config` file.
+pub fn serve_configured(root: &Path, settings: &str, env: &[(&str, &str)]) -> Serve {
+    let file = root.join("settings.yml");
+    std::fs::write(&file, settings).unwrap();
+    serve_with(root, env, &["--config", file.to_str().unwrap()])
+}
+
 pub fn serve(root: &Path) -> Serve {
     serve_with(root, &[], &[])
 }
