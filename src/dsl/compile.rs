@@ -766,6 +766,22 @@ mod tests {
     }
 
     #[test]
+    fn two_instructions_of_one_name_are_each_located_at_their_own_place() {
+        for (text, at) in [
+            (
+                "do:\n  - set: {name: x, value: 1}\n  - set: {value: 1}\n",
+                (3, 5),
+            ),
+            ("do: [set: {name: x, value: 1}, set: {value: 1}]\n", (1, 32)),
+        ] {
+            let c = compile(text);
+            assert_eq!(c.diagnostics.len(), 1, "{text}");
+            let d = &c.diagnostics[0];
+            assert_eq!((d.line, d.column), at, "{text}: {}", d.message);
+        }
+    }
+
+    #[test]
     fn endpoint_true_means_the_slug() {
         let c = compile("slug: s\nwhen:\n  endpoint: true\n  events: [a.b]\ndo: []\n");
         assert_eq!(c.automation.when.endpoint.as_deref(), Some(""));

@@ -92,7 +92,9 @@ impl<'a> Locator<'a> {
         }
         match best {
             Some(pos) => {
-                self.cursor = pos;
+                // Past the key: the next lookup is for something after it, and two
+                // instructions of the same name must not both land on the first.
+                self.cursor = pos + name.len();
                 self.position(pos)
             }
             None => self.find(name),
