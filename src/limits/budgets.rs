@@ -13,7 +13,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 /// The prefix of every budget secret; the rest is the budget's settings name.
-const PREFIX: &str = "sluice_max_";
+pub(crate) const PREFIX: &str = "sluice_max_";
 
 /// The highest `max_depth` accepted: values are walked, copied and dropped
 /// recursively, and a thousand levels fit any thread's stack.

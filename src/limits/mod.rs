@@ -19,6 +19,7 @@ pub mod values;
 pub use budgets::{BudgetError, BudgetExceeded, Budgets};
 pub use clock::{FakeClock, TimeSource};
 pub use secrets::LimitError;
+pub(crate) use secrets::PREFIX as RATE_LIMIT_SECRET_PREFIX;
 
 use crate::config::LimitSettings;
 use crate::value::Value;

@@ -11,7 +11,7 @@ use crate::value::Value;
 use indexmap::IndexMap;
 
 /// The prefix of every rate-limit secret.
-const PREFIX: &str = "prismeai_ratelimit_";
+pub(crate) const PREFIX: &str = "prismeai_ratelimit_";
 
 /// A rate-limit secret that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -82,6 +82,25 @@ impl Meter {
     }
 }
 
+/// Whether `value`, written as a whole variable, surely fits its budgets without
+/// a walk: a scalar, or a string within both the string and the variable
+/// budget. `false` means "measure it" (lists and objects always do), never
+/// "refused". It counts sizes as [`measure`] does.
+#[inline]
+pub(super) fn fits_flat(value: &Value, budgets: &Budgets) -> bool {
+    match value {
+        Value::String(s) => {
+            s.len() <= budgets.max_string_bytes && s.len() + 2 <= budgets.max_value_bytes
+        }
+        Value::List(_) | Value::Object(_) => false,
+        _ => SCALAR_BYTES <= budgets.max_value_bytes,
+    }
+}
+
+/// The most a scalar counts for in [`measure`] (a number; null and booleans
+/// count 5, undefined 0).
+const SCALAR_BYTES: usize = 8;
+
 /// The size of `value` in bytes of JSON (numbers counted as 8), checking on the way
 /// that no string, list or object in it is over its budget and that it nests at most
 /// `max_depth - depth` levels. `depth` is how deep the value will sit in its variable.
@@ -101,7 +120,7 @@ pub(super) fn measure(
     match value {
         Value::Undefined => Ok(0),
         Value::Null | Value::Bool(_) => Ok(5),
-        Value::Number(_) => Ok(8),
+        Value::Number(_) => Ok(SCALAR_BYTES),
         Value::String(s) => {
             check_string(s.len(), budgets)?;
             Ok(s.len() + 2)
@@ -271,6 +290,37 @@ mod tests {
             "max_value_bytes"
         );
         assert!(measure(&Value::from(json!([[1]])), &small(), 0).is_ok());
+    }
+
+    #[test]
+    fn a_flat_fit_is_one_that_measure_accepts() {
+        let tight = Budgets {
+            max_value_bytes: 12,
+            ..small()
+        };
+        for v in [
+            json!(null),
+            json!(true),
+            json!(1.5),
+            json!(""),
+            json!("0123456789"),
+            json!("01234567890"),
+            json!([1]),
+        ] {
+            let v = Value::from(v);
+            for b in [small(), tight] {
+                let accepted = measure(&v, &b, 0).is_ok_and(|n| check_size(n, &b).is_ok());
+                assert!(!fits_flat(&v, &b) || accepted, "{v:?}");
+            }
+        }
+        assert!(fits_flat(&Value::str("0123456789"), &tight));
+        assert!(!fits_flat(
+            &Value::str("0123456789"),
+            &Budgets {
+                max_value_bytes: 11,
+                ..tight
+            }
+        ));
     }
 
     #[test]

@@ -390,18 +390,12 @@ impl<'a> Exec<'a> {
     ) -> Result<(), ExecError> {
         // Most writes replace a whole variable with a scalar or a short string:
         // settle those with a compare or two before any walk or lock.
-        if keys.len() == 1 && mode == Mode::Replace && !self.sized.load(Ordering::Relaxed) {
-            let budgets = &self.ws.budgets;
-            let fits = match value {
-                Value::String(s) => {
-                    s.len() <= budgets.max_string_bytes && s.len() + 2 <= budgets.max_value_bytes
-                }
-                Value::List(_) | Value::Object(_) => false,
-                _ => 8 <= budgets.max_value_bytes,
-            };
-            if fits {
-                return Ok(());
-            }
+        if keys.len() == 1
+            && mode == Mode::Replace
+            && !self.sized.load(Ordering::Relaxed)
+            && budget::fits_flat(value, &self.ws.budgets)
+        {
+            return Ok(());
         }
         self.check_any_write(context, map, keys, value, mode)
     }

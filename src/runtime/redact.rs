@@ -23,7 +23,10 @@ const MIN_SECRET_LEN: usize = 3;
 
 /// Secrets keys that configure the workspace's limits and budgets: their
 /// values are settings, and hiding every `100` would garble every payload.
-const SETTING_PREFIXES: [&str; 2] = ["prismeai_ratelimit_", "sluice_max_"];
+const SETTING_PREFIXES: [&str; 2] = [
+    crate::limits::RATE_LIMIT_SECRET_PREFIX,
+    crate::limits::budgets::PREFIX,
+];
 
 /// Hides one workspace's secret values (strings and numbers of at least
 /// [`MIN_SECRET_LEN`] characters) in texts and values. Cheap to clone.
