@@ -146,10 +146,10 @@ impl Shelves {
         generation
     }
 
-    /// Removes `id`; a load of it still running will not bring it back.
+    /// Removes `id`; a load of it still running will not bring it back, since
+    /// the removal claims a generation no load has.
     fn remove(&self, id: &str) {
-        let mut newest = self.lock_newest();
-        newest.insert(id.to_string(), self.next.fetch_add(1, Ordering::Relaxed));
+        self.claim(id);
         self.runtime.remove(id);
         tracing::info!(workspace = %id, "workspace removed");
     }
