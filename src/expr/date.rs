@@ -7,7 +7,7 @@
 //! than [`MAX_DATE_TEXT`] is an invalid date, and a formatted date stops at the
 //! `max_string_bytes` budget.
 
-use super::eval::Cx;
+use super::cx::Cx;
 use super::jsfmt::{js_to_string, push_within, TooLong};
 use super::ExprError;
 use crate::value::Value;

@@ -5,19 +5,17 @@
 //! Evaluation holds the execution's [`Budgets`]: no string it builds grows past
 //! `max_string_bytes` and no regex it compiles past `max_regex_bytes`.
 
+use super::compare::{js_compare, js_in, loose_eq, strict_eq, to_primitive};
+use super::cx::Cx;
 use super::functions::call;
-use super::jsfmt::TooLong;
-use super::jsfmt::{
-    canonical_index, js_number_to_string, js_str, js_string_to_number, js_to_number, js_to_string,
-};
+use super::jsfmt::{js_str, js_to_number, js_to_string};
 use super::parser::{parse, BinOp, MatchRhs, Node, RegexPart, Seg, VarPath};
-use super::{ExprError, Key, Scope};
-use crate::limits::{BudgetExceeded, Budgets};
+use super::path::key_of_value;
+use super::regex::{compile_regex_literal, regex_too_long, CompiledRegex};
+use super::{ExprError, Scope};
+use crate::limits::Budgets;
 use crate::value::Value;
-use regex::Regex;
-use std::cell::RefCell;
 use std::cmp::Ordering;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// A parsed expression: a condition key or the inside of `{% %}`.
@@ -64,101 +62,7 @@ impl Expr {
     }
 }
 
-/// What evaluation needs besides the tree.
-pub(crate) struct Cx<'a> {
-    pub scope: &'a dyn Scope,
-    pub text: &'a str,
-    pub budgets: &'a Budgets,
-}
-
-/// Why a step of evaluation failed: a message for this expression, or a budget.
-#[derive(Debug)]
-pub(crate) enum Failure {
-    /// Becomes an [`ExprError::Eval`] naming the expression.
-    Message(String),
-    /// Passed on as [`ExprError::Budget`].
-    Budget(BudgetExceeded),
-}
-
-impl From<String> for Failure {
-    fn from(message: String) -> Failure {
-        Failure::Message(message)
-    }
-}
-
-impl From<BudgetExceeded> for Failure {
-    fn from(e: BudgetExceeded) -> Failure {
-        Failure::Budget(e)
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Message(m) => f.write_str(m),
-            Failure::Budget(e) => e.fmt(f),
-        }
-    }
-}
-
-/// Refuses a string of `len` bytes when it is over `max_string_bytes`.
-pub(crate) fn check_string_len(budgets: &Budgets, len: usize) -> Result<(), BudgetExceeded> {
-    if len > budgets.max_string_bytes {
-        return Err(string_too_long(budgets, len));
-    }
-    Ok(())
-}
-
-/// The error for a string of `len` bytes, over `max_string_bytes`.
-pub(crate) fn string_too_long(budgets: &Budgets, len: usize) -> BudgetExceeded {
-    BudgetExceeded::new(
-        budgets,
-        "max_string_bytes",
-        format!("a string of {len} bytes"),
-        len as u64,
-    )
-}
-
 impl Cx<'_> {
-    /// An evaluation error for this expression.
-    pub fn fail(&self, message: impl Into<String>) -> ExprError {
-        ExprError::Eval {
-            message: message.into(),
-            text: self.text.to_string(),
-        }
-    }
-
-    /// The [`ExprError`] for a [`Failure`] in this expression.
-    pub fn failure(&self, f: Failure) -> ExprError {
-        match f {
-            Failure::Message(m) => self.fail(m),
-            Failure::Budget(e) => ExprError::Budget(e),
-        }
-    }
-
-    /// Refuses a produced string of `len` bytes over the `max_string_bytes` budget.
-    pub fn check_len(&self, len: usize) -> Result<(), ExprError> {
-        check_string_len(self.budgets, len).map_err(ExprError::Budget)
-    }
-
-    /// The error for text that went past `max_string_bytes` while being written.
-    pub fn too_long(&self, TooLong(len): TooLong) -> ExprError {
-        ExprError::Budget(string_too_long(self.budgets, len))
-    }
-
-    /// Refuses a produced list or object of `n` entries over the `max_entries` budget.
-    pub fn check_entries(&self, n: usize) -> Result<(), ExprError> {
-        if n > self.budgets.max_entries {
-            return Err(ExprError::Budget(BudgetExceeded::new(
-                self.budgets,
-                "max_entries",
-                format!("a list of {n} entries"),
-                n as u64,
-            )));
-        }
-        Ok(())
-    }
-
     fn eval(&self, node: &Node) -> Result<Value, ExprError> {
         Ok(match node {
             Node::Lit(v) => v.clone(),
@@ -319,209 +223,6 @@ impl Cx<'_> {
         s.push_str(&l);
         s.push_str(&r);
         Ok(Value::str(s))
-    }
-}
-
-/// The error for a regex source longer than the `max_regex_bytes` budget.
-fn regex_too_long(budgets: &Budgets, len: usize) -> Failure {
-    Failure::Budget(BudgetExceeded::new(
-        budgets,
-        "max_regex_bytes",
-        format!("a regular expression of {len} bytes"),
-        len as u64,
-    ))
-}
-
-/// A compiled JavaScript regular expression.
-#[derive(Debug, Clone)]
-pub(crate) struct CompiledRegex(pub Arc<Regex>);
-
-/// Cache key: source, flags and the size limit it was compiled under.
-type RegexKey = (String, String, usize);
-
-/// How many compiled patterns one thread keeps; past it the cache starts over. Each
-/// may take up to `max_regex_bytes` (plus its lazy DFA's cache), so this many times
-/// the default budget is what a tenant feeding distinct patterns can pin per thread.
-const REGEX_CACHE_ENTRIES: usize = 64;
-
-/// Longer sources are compiled each time rather than kept, so the cache's text stays small.
-const REGEX_CACHE_SOURCE_BYTES: usize = 4096;
-
-thread_local! {
-    /// Patterns built at run time (`matches {{var}}`) repeat, so keep their compiled form.
-    static REGEX_CACHE: RefCell<HashMap<RegexKey, Arc<Regex>>> = RefCell::new(HashMap::new());
-}
-
-impl CompiledRegex {
-    /// `new RegExp(source)`.
-    pub fn source(source: &str, budgets: &Budgets) -> Result<CompiledRegex, Failure> {
-        Self::with_flags(source, "", budgets)
-    }
-
-    /// `new RegExp(source, flags)`; `g`, `y`, `u` and `d` do not change a match test.
-    /// The source and the compiled program must both fit `max_regex_bytes`.
-    pub fn with_flags(
-        source: &str,
-        flags: &str,
-        budgets: &Budgets,
-    ) -> Result<CompiledRegex, Failure> {
-        let limit = budgets.max_regex_bytes;
-        if source.len() > limit {
-            return Err(regex_too_long(budgets, source.len()));
-        }
-        let key = (source.to_string(), flags.to_string(), limit);
-        if let Some(re) = REGEX_CACHE.with(|c| c.borrow().get(&key).cloned()) {
-            return Ok(CompiledRegex(re));
-        }
-        let mut builder = regex::RegexBuilder::new(source);
-        builder.size_limit(limit).dfa_size_limit(limit);
-        for f in flags.chars() {
-            match f {
-                'i' => builder.case_insensitive(true),
-                'm' => builder.multi_line(true),
-                's' => builder.dot_matches_new_line(true),
-                'g' | 'y' | 'u' | 'd' => &mut builder,
-                other => return Err(format!("Invalid regular expression flag `{other}`").into()),
-            };
-        }
-        let re = Arc::new(builder.build().map_err(|e| match e {
-            regex::Error::CompiledTooBig(_) => Failure::Budget(BudgetExceeded::new(
-                budgets,
-                "max_regex_bytes",
-                format!("the compiled regular expression /{}/", short(source)),
-                limit as u64 + 1,
-            )),
-            e => Failure::Message(format!(
-                "Invalid regular expression /{}/: {e}",
-                short(source)
-            )),
-        })?);
-        if source.len() <= REGEX_CACHE_SOURCE_BYTES {
-            REGEX_CACHE.with(|c| {
-                let mut c = c.borrow_mut();
-                if c.len() >= REGEX_CACHE_ENTRIES {
-                    c.clear();
-                }
-                c.insert(key, re.clone());
-            });
-        }
-        Ok(CompiledRegex(re))
-    }
-}
-
-/// At most the first 100 characters of a pattern, for error messages.
-fn short(source: &str) -> std::borrow::Cow<'_, str> {
-    match source.char_indices().nth(100) {
-        Some((end, _)) => format!("{}…", &source[..end]).into(),
-        None => source.into(),
-    }
-}
-
-/// `regex-parser`: `/source/flags` is a literal, anything else a bare source.
-pub(crate) fn compile_regex_literal(
-    text: &str,
-    budgets: &Budgets,
-) -> Result<CompiledRegex, Failure> {
-    let t = text.trim();
-    if let Some(body) = t.strip_prefix('/') {
-        if let Some(slash) = body.rfind('/') {
-            let flags = &body[slash + 1..];
-            if flags.chars().all(|c| c.is_ascii_alphabetic()) {
-                return CompiledRegex::with_flags(&body[..slash], flags, budgets);
-            }
-        }
-    }
-    CompiledRegex::source(text, budgets)
-}
-
-/// The path key a computed value stands for (`a[{{k}}]`, `a[0]`).
-pub(crate) fn key_of_value(v: &Value) -> Key {
-    match v {
-        Value::Number(n) if *n >= 0.0 && n.fract() == 0.0 && *n < 9_007_199_254_740_992.0 => {
-            Key::Index(*n as usize)
-        }
-        Value::Number(n) => Key::Name(Arc::from(js_number_to_string(*n))),
-        Value::String(s) => canonical_index(s).map_or_else(|| Key::Name(s.clone()), Key::Index),
-        other => Key::Name(Arc::from(js_to_string(other))),
-    }
-}
-
-/// JavaScript `ToPrimitive`: lists and objects become their string form.
-fn to_primitive(v: &Value) -> Value {
-    match v {
-        Value::List(_) | Value::Object(_) => Value::str(js_to_string(v)),
-        other => other.clone(),
-    }
-}
-
-/// JavaScript's abstract relational comparison; `None` when a side is NaN.
-pub(crate) fn js_compare(l: &Value, r: &Value) -> Option<Ordering> {
-    let (l, r) = (to_primitive(l), to_primitive(r));
-    if let (Value::String(a), Value::String(b)) = (&l, &r) {
-        return Some(a.encode_utf16().cmp(b.encode_utf16()));
-    }
-    js_to_number(&l).partial_cmp(&js_to_number(&r))
-}
-
-/// `x in y` as the reference computes it (DSUL §5.3); any error is false.
-fn js_in(x: &Value, y: &Value) -> bool {
-    match y {
-        Value::String(s) if !s.is_empty() => {
-            let x_nan = js_to_number(x).is_nan();
-            s.split(',').any(|part| {
-                let item = if x_nan || js_string_to_number(part).is_nan() {
-                    Value::str(part)
-                } else {
-                    Value::Number(super::jsfmt::js_parse_int(part))
-                };
-                same_value_zero(&item, x)
-            })
-        }
-        Value::List(items) => items.iter().any(|i| same_value_zero(i, x)),
-        Value::Object(map) => map.contains_key(js_to_string(x).as_str()),
-        _ => false,
-    }
-}
-
-/// `Array.prototype.includes` equality: strict, but NaN equals NaN.
-fn same_value_zero(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) if x.is_nan() && y.is_nan() => true,
-        _ => strict_eq(a, b),
-    }
-}
-
-/// JavaScript `===`; lists and objects are equal only when they are the same value.
-pub fn strict_eq(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Undefined, Value::Undefined) | (Value::Null, Value::Null) => true,
-        (Value::Bool(x), Value::Bool(y)) => x == y,
-        (Value::Number(x), Value::Number(y)) => x == y,
-        (Value::String(x), Value::String(y)) => x == y,
-        (Value::List(x), Value::List(y)) => Arc::ptr_eq(x, y),
-        (Value::Object(x), Value::Object(y)) => Arc::ptr_eq(x, y),
-        _ => false,
-    }
-}
-
-/// JavaScript `==`; lists and objects are equal only when they are the same value.
-pub fn loose_eq(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Undefined | Value::Null, Value::Undefined | Value::Null) => true,
-        (Value::Undefined | Value::Null, _) | (_, Value::Undefined | Value::Null) => false,
-        (Value::Number(x), Value::String(s)) | (Value::String(s), Value::Number(x)) => {
-            *x == js_string_to_number(s)
-        }
-        (Value::Bool(x), other) | (other, Value::Bool(x)) if !matches!(other, Value::Bool(_)) => {
-            loose_eq(&Value::Number(f64::from(u8::from(*x))), other)
-        }
-        (Value::List(_) | Value::Object(_), Value::Number(_) | Value::String(_)) => {
-            loose_eq(&to_primitive(a), b)
-        }
-        (Value::Number(_) | Value::String(_), Value::List(_) | Value::Object(_)) => {
-            loose_eq(a, &to_primitive(b))
-        }
-        _ => strict_eq(a, b),
     }
 }
 
@@ -727,10 +428,45 @@ mod tests {
         assert_eq!(syntax_column("{{ a }}"), 3);
         assert_eq!(syntax_column("hello world"), 7);
         assert_eq!(syntax_column(""), 1);
-        match Expr::parse("nope(1)") {
-            Err(ExprError::Syntax { message, .. }) => assert_eq!(message, "Unknown function nope"),
-            other => panic!("{other:?}"),
+        assert!(Expr::parse("{{s}} matches regex(/(/)").is_err());
+    }
+
+    fn syntax_message(text: &str) -> String {
+        match Expr::parse(text) {
+            Err(ExprError::Syntax { message, .. }) => message,
+            other => panic!("{text}: {other:?}"),
         }
+    }
+
+    #[test]
+    fn unknown_functions_list_the_valid_ones() {
+        let message = syntax_message("rnd(1.5)");
+        assert!(
+            message.starts_with("Unknown function rnd: expected one of date, rand, round,"),
+            "{message}"
+        );
+        assert!(message.ends_with("; did you mean `rand`?"), "{message}");
+        let message = syntax_message("nope(1)");
+        assert!(!message.contains("did you mean"), "{message}");
+        assert!(message.contains("truncate"), "{message}");
+    }
+
+    #[test]
+    fn unknown_operators_list_the_valid_ones() {
+        let message = syntax_message("{{a}} equal 1");
+        assert!(
+            message.starts_with("unknown operator `equal`: expected one of ==, ===,"),
+            "{message}"
+        );
+        assert!(message.ends_with("; did you mean `equals`?"), "{message}");
+        assert_eq!(syntax_column("{{a}} equal 1"), 7);
+        let message = syntax_message("{{a}} & {{b}}");
+        assert!(message.ends_with("; did you mean `&&`?"), "{message}");
+        let message = syntax_message("{{a}} ?: 1");
+        assert!(
+            message.starts_with("unknown operator `?:`: expected one of"),
+            "{message}"
+        );
         assert!(Expr::parse("{{s}} matches regex(/(/)").is_err());
     }
 
@@ -884,22 +620,6 @@ mod tests {
             let t = Template::parse(&format!("<{{% {} %}}>", wrap("(", "1 + 1", ")"))).unwrap();
             assert_eq!(t.clone().render(&scope()).unwrap(), Value::str("<2>"));
         });
-    }
-
-    #[test]
-    fn regex_cache_stays_bounded() {
-        let budgets = Budgets::default();
-        for i in 0..1000 {
-            CompiledRegex::source(&format!("^x{i}$"), &budgets).unwrap();
-        }
-        // Past the source bound a pattern is compiled but not kept.
-        CompiledRegex::source(&"y".repeat(REGEX_CACHE_SOURCE_BYTES + 1), &budgets).unwrap();
-        let (entries, longest) = REGEX_CACHE.with(|c| {
-            let c = c.borrow();
-            (c.len(), c.keys().map(|k| k.0.len()).max().unwrap_or(0))
-        });
-        assert!(entries <= REGEX_CACHE_ENTRIES, "{entries}");
-        assert!(longest <= REGEX_CACHE_SOURCE_BYTES, "{longest}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! `truncate`, `isString` and `isNumber`. `date` lives in `date.rs` and
 //! `jsonmatch` in `jsonmatch.rs`.
 
-use super::eval::Cx;
+use super::cx::Cx;
 use super::jsfmt::{js_str, js_to_number, js_to_string, json_stringify, push_within, TooLong};
 use super::{date, jsonmatch, parse_variable_name, ExprError};
 use crate::value::{Map, Value};
@@ -34,29 +34,36 @@ pub(crate) enum Func {
 
 impl Func {
     /// The function of that exact name.
+    /// Every function by its name in expressions.
+    const ALL: [(&'static str, Func); 19] = [
+        ("date", Func::Date),
+        ("rand", Func::Rand),
+        ("round", Func::Round),
+        ("floor", Func::Floor),
+        ("ceil", Func::Ceil),
+        ("split", Func::Split),
+        ("join", Func::Join),
+        ("json", Func::Json),
+        ("replace", Func::Replace),
+        ("slice", Func::Slice),
+        ("isArray", Func::IsArray),
+        ("isObject", Func::IsObject),
+        ("isString", Func::IsString),
+        ("isNumber", Func::IsNumber),
+        ("jsonmatch", Func::JsonMatch),
+        ("URLSearchParams", Func::UrlSearchParams),
+        ("lower", Func::Lower),
+        ("upper", Func::Upper),
+        ("truncate", Func::Truncate),
+    ];
+
     pub fn from_name(name: &str) -> Option<Func> {
-        Some(match name {
-            "date" => Func::Date,
-            "rand" => Func::Rand,
-            "round" => Func::Round,
-            "floor" => Func::Floor,
-            "ceil" => Func::Ceil,
-            "split" => Func::Split,
-            "join" => Func::Join,
-            "json" => Func::Json,
-            "replace" => Func::Replace,
-            "slice" => Func::Slice,
-            "isArray" => Func::IsArray,
-            "isObject" => Func::IsObject,
-            "isString" => Func::IsString,
-            "isNumber" => Func::IsNumber,
-            "jsonmatch" => Func::JsonMatch,
-            "URLSearchParams" => Func::UrlSearchParams,
-            "lower" => Func::Lower,
-            "upper" => Func::Upper,
-            "truncate" => Func::Truncate,
-            _ => return None,
-        })
+        Func::ALL.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+    }
+
+    /// The names of every function, for "did you mean".
+    pub fn names() -> Vec<&'static str> {
+        Func::ALL.iter().map(|(n, _)| *n).collect()
     }
 }
 

@@ -3,8 +3,10 @@
 //! plus `$size $all $elemMatch`), with dotted paths and implicit equality.
 //! A field holding a list matches when any element does, as in MongoDB.
 
-use super::eval::{js_compare, CompiledRegex, Failure};
+use super::compare::js_compare;
+use super::cx::Failure;
 use super::jsfmt::{canonical_index, js_to_string};
+use super::regex::CompiledRegex;
 use crate::limits::Budgets;
 use crate::value::{Map, Value};
 use std::cmp::Ordering;

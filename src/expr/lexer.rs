@@ -5,6 +5,7 @@
 //! operators need no surrounding spaces. Inside `{{ }}` it switches to a path
 //! mode; `regex(...)` is captured as one token whose content the parser splits.
 
+use super::suggest::expected_one_of;
 use super::ExprError;
 
 /// A token kind.
@@ -84,6 +85,41 @@ pub(crate) fn tokenize(src: &str, start: usize, end: usize) -> Result<Vec<Token>
     lx.run()?;
     Ok(lx.out)
 }
+
+/// A word where an operator belongs (`{{a}} equal 1`): names the operators it could have meant.
+pub(crate) fn unknown_operator(src: &str, at: usize, given: &str) -> ExprError {
+    let valid = expected_one_of(given, &OPERATORS);
+    syntax_error(src, at, format!("unknown operator `{given}`: {valid}"))
+}
+
+/// Every binary and postfix operator, as written in expressions.
+const OPERATORS: [&str; 25] = [
+    "==",
+    "===",
+    "!=",
+    "!==",
+    "<",
+    "<=",
+    ">",
+    ">=",
+    "and",
+    "or",
+    "&&",
+    "||",
+    "equals",
+    "not equals",
+    "in",
+    "not in",
+    "matches",
+    "not matches",
+    "exists",
+    "not exists",
+    "+",
+    "-",
+    "*",
+    "/",
+    "%",
+];
 
 /// A syntax error at byte offset `at` of `src`.
 pub(crate) fn syntax_error(src: &str, at: usize, message: impl Into<String>) -> ExprError {
@@ -302,6 +338,15 @@ impl<'a> Lexer<'a> {
                 self.push(tok.clone(), start, space);
                 return Ok(());
             }
+        }
+        // A run of operator characters that is no operator (`&`, `=>`, `?:`): name the real ones.
+        const OPERATOR_CHARS: &str = "&|^~?:=<>!";
+        if "&|^~?:".contains(c) {
+            let run: String = rest
+                .chars()
+                .take_while(|c| OPERATOR_CHARS.contains(*c))
+                .collect();
+            return Err(unknown_operator(self.src, start, &run));
         }
         Err(syntax_error(self.src, start, format!("unexpected `{c}`")))
     }

@@ -4,6 +4,8 @@
 //! times, so parsing produces small trees and evaluation never re-parses text
 //! unless the reference's re-scan rule (DSUL §4.3) demands it.
 
+mod compare;
+mod cx;
 mod date;
 mod eval;
 mod functions;
@@ -12,13 +14,16 @@ mod jsonmatch;
 mod lexer;
 mod parser;
 mod path;
+mod regex;
+pub mod suggest;
 mod template;
 
 use crate::limits::{BudgetExceeded, Budgets};
 use crate::value::Value;
 use std::sync::Arc;
 
-pub use eval::{loose_eq, strict_eq, Expr};
+pub use compare::{loose_eq, strict_eq};
+pub use eval::Expr;
 pub use jsfmt::{js_number_to_string, to_template_string};
 pub use path::parse_variable_name;
 pub use template::Template;

@@ -12,10 +12,12 @@
 //! nesting (parentheses, calls, `{{ }}`, `{% %}`, prefix operators, comparison
 //! chains) counts against [`MAX_DEPTH`].
 
-use super::eval::{compile_regex_literal, key_of_value, CompiledRegex};
 use super::functions::Func;
 use super::jsfmt::canonical_index;
-use super::lexer::{syntax_error, tokenize, Tok, Token};
+use super::lexer::{syntax_error, tokenize, unknown_operator, Tok, Token};
+use super::path::key_of_value;
+use super::regex::{compile_regex_literal, CompiledRegex};
+use super::suggest::expected_one_of;
 use super::{ExprError, Key};
 use crate::limits::Budgets;
 use crate::value::Value;
@@ -125,6 +127,11 @@ fn parse_at(src: &str, start: usize, end: usize, depth: usize) -> Result<Node, E
     let node = p.boolean()?;
     match p.peek() {
         None => Ok(node),
+        Some(Token {
+            tok: Tok::Word(word),
+            start,
+            ..
+        }) => Err(unknown_operator(src, *start, word)),
         Some(t) => Err(syntax_error(src, t.start, "unexpected token")),
     }
 }
@@ -452,8 +459,10 @@ impl Parser<'_> {
     }
 
     fn call(&mut self, name: &str, at: usize) -> Result<Node, ExprError> {
-        let func = Func::from_name(name)
-            .ok_or_else(|| syntax_error(self.src, at, format!("Unknown function {name}")))?;
+        let func = Func::from_name(name).ok_or_else(|| {
+            let valid = expected_one_of(name, &Func::names());
+            syntax_error(self.src, at, format!("Unknown function {name}: {valid}"))
+        })?;
         self.expect(&Tok::LParen, "`(`")?;
         let mut args = Vec::new();
         if self.peek_tok() == Some(&Tok::RParen) {

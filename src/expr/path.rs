@@ -4,8 +4,11 @@
 //! It mirrors the reference's character walk so that odd names (`a["x.y"]`,
 //! `a.0`, `{{ a }}`) split exactly as they do there.
 
-use super::jsfmt::{js_parse_int, js_string_to_number};
+use super::jsfmt::{
+    canonical_index, js_number_to_string, js_parse_int, js_string_to_number, js_to_string,
+};
 use super::{ExprError, Key};
+use crate::value::Value;
 use std::sync::Arc;
 
 /// The bracket we are inside, if any.
@@ -86,6 +89,18 @@ fn key_from_name(key: &str) -> Key {
         }
     }
     Key::Name(Arc::from(key))
+}
+
+/// The path key a computed value stands for (`a[{{k}}]`, `a[0]`).
+pub(crate) fn key_of_value(v: &Value) -> Key {
+    match v {
+        Value::Number(n) if *n >= 0.0 && n.fract() == 0.0 && *n < 9_007_199_254_740_992.0 => {
+            Key::Index(*n as usize)
+        }
+        Value::Number(n) => Key::Name(Arc::from(js_number_to_string(*n))),
+        Value::String(s) => canonical_index(s).map_or_else(|| Key::Name(s.clone()), Key::Index),
+        other => Key::Name(Arc::from(js_to_string(other))),
+    }
 }
 
 #[cfg(test)]

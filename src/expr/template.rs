@@ -10,7 +10,8 @@
 //! evaluated. No rendered string, in any pass, grows past the execution's
 //! `max_string_bytes` budget.
 
-use super::eval::{string_too_long, Expr};
+use super::cx::string_too_long;
+use super::eval::Expr;
 use super::jsfmt::{push_template_string, push_within, TooLong};
 use super::{parse_variable_name, ExprError, Key, Scope};
 use crate::limits::Budgets;
