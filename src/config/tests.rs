@@ -1,6 +1,8 @@
 //! Settings layering and the wording of every refusal.
 
+use super::layers::ENV_VARS;
 use super::*;
+use std::path::Path;
 use std::collections::HashMap;
 use std::io::Write;
 

@@ -20,8 +20,8 @@ pub use budgets::{BudgetError, BudgetExceeded, Budgets};
 pub use clock::{FakeClock, TimeSource};
 pub use secrets::LimitError;
 pub(crate) use secrets::PREFIX as RATE_LIMIT_SECRET_PREFIX;
+pub use values::{LimitSettings, RateSetting};
 
-use crate::config::LimitSettings;
 use crate::value::Value;
 use bucket::Bucket;
 use dashmap::mapref::entry::Entry;

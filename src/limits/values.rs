@@ -5,6 +5,7 @@
 //! that passes these checks can never make governor's nanosecond arithmetic overflow.
 
 use governor::Quota;
+use serde::{Deserialize, Serialize};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -105,6 +106,166 @@ pub fn quota(rate: f64, burst: u32) -> Result<Option<Quota>, ValueError> {
 /// A decimal number; surrounding blanks are allowed, `inf` and `NaN` are not.
 pub fn parse_number(text: &str) -> Option<f64> {
     text.trim().parse::<f64>().ok().filter(|n| n.is_finite())
+}
+
+/// The default limits of every workspace; secrets may override them per workspace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Turns every limit of every workspace off (`RATE_LIMIT_DISABLED`).
+    pub disabled: bool,
+    /// Automation executions.
+    pub automations: RateSetting,
+    /// `emit` instructions.
+    pub emits: RateSetting,
+    /// `fetch` instructions.
+    pub fetchs: RateSetting,
+    /// `repeat` iterations.
+    pub repeats: RateSetting,
+}
+
+/// One token bucket: its refill rate and its capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateSetting {
+    /// Tokens per second, possibly fractional; 0 turns the limit off.
+    #[serde(deserialize_with = "de::rate")]
+    pub rate: f64,
+    /// The bucket's capacity, the most tokens taken at once after a quiet time.
+    #[serde(deserialize_with = "de::burst")]
+    pub burst: u32,
+}
+
+impl Default for LimitSettings {
+    fn default() -> LimitSettings {
+        let limit = |rate, burst| RateSetting { rate, burst };
+        LimitSettings {
+            disabled: false,
+            automations: limit(100.0, 400),
+            emits: limit(30.0, 100),
+            fetchs: limit(50.0, 200),
+            repeats: limit(1000.0, 4000),
+        }
+    }
+}
+
+impl LimitSettings {
+    /// The setting of one kind of limit.
+    pub fn get(&self, kind: super::LimitKind) -> RateSetting {
+        match kind {
+            super::LimitKind::Automations => self.automations,
+            super::LimitKind::Emits => self.emits,
+            super::LimitKind::Fetchs => self.fetchs,
+            super::LimitKind::Repeats => self.repeats,
+        }
+    }
+}
+
+/// Checked deserialisation of numbers from the settings file, so that each bad value is refused
+/// with the same wording as the environment variables (the `config` crate alone would round
+/// `2.5` to a whole `3` and accept negative rates). The settings of every module use these.
+pub(crate) mod de {
+    use serde::de::{Error, Visitor};
+    use serde::Deserializer;
+    use std::fmt;
+
+    /// A number as given: its value (when it is one) and how to show it in a message.
+    pub(crate) struct Raw {
+        pub(crate) number: Option<f64>,
+        pub(crate) shown: String,
+    }
+
+    struct RawVisitor;
+
+    impl Visitor<'_> for RawVisitor {
+        type Value = Raw;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a number")
+        }
+
+        fn visit_u64<E: Error>(self, v: u64) -> Result<Raw, E> {
+            Ok(Raw {
+                number: Some(v as f64),
+                shown: v.to_string(),
+            })
+        }
+
+        fn visit_i64<E: Error>(self, v: i64) -> Result<Raw, E> {
+            Ok(Raw {
+                number: Some(v as f64),
+                shown: v.to_string(),
+            })
+        }
+
+        fn visit_f64<E: Error>(self, v: f64) -> Result<Raw, E> {
+            Ok(Raw {
+                number: Some(v),
+                shown: v.to_string(),
+            })
+        }
+
+        fn visit_str<E: Error>(self, v: &str) -> Result<Raw, E> {
+            Ok(Raw {
+                number: v.trim().parse::<f64>().ok(),
+                shown: format!("{v:?}"),
+            })
+        }
+    }
+
+    pub(crate) fn raw<'de, D: Deserializer<'de>>(d: D) -> Result<Raw, D::Error> {
+        d.deserialize_any(RawVisitor)
+    }
+
+    pub(crate) fn refuse<E: Error>(expected: impl fmt::Display, raw: &Raw) -> E {
+        E::custom(format!("{expected}, got {}", raw.shown))
+    }
+
+    pub(crate) fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        let raw = raw(d)?;
+        let rate = raw.number.ok_or(super::ValueError::NotANumber);
+        rate.and_then(super::check_rate)
+            .map_err(|e| refuse(e, &raw))
+    }
+
+    pub(crate) fn burst<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let raw = raw(d)?;
+        let burst = raw.number.ok_or(super::ValueError::NotWhole);
+        burst
+            .and_then(super::check_burst)
+            .map_err(|e| refuse(e, &raw))
+    }
+
+    pub(crate) fn whole<'de, D, T>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<u64>,
+    {
+        whole_from(d, 0.0, "expected a non-negative whole number")
+    }
+
+    pub(crate) fn positive<'de, D, T>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<u64>,
+    {
+        whole_from(d, 1.0, "expected a whole number of at least 1")
+    }
+
+    fn whole_from<'de, D, T>(d: D, min: f64, expected: &str) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<u64>,
+    {
+        let raw = raw(d)?;
+        // Below 2^53 every whole f64 is exact, which covers every sensible size or count.
+        let exact = raw
+            .number
+            .filter(|n| n.fract() == 0.0 && (min..9_007_199_254_740_992.0).contains(n));
+        exact
+            .and_then(|n| T::try_from(n as u64).ok())
+            .ok_or_else(|| refuse(expected, &raw))
+    }
 }
 
 #[cfg(test)]
