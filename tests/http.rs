@@ -7,7 +7,7 @@ use sluice::config::Settings;
 use sluice::http::{router, AppState};
 use sluice::limits::LimitKind;
 use sluice::runtime::Runtime;
-use sluice::server::Library;
+use sluice::workspace::Library;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

@@ -2,9 +2,9 @@
 
 use super::layers::ENV_VARS;
 use super::*;
-use std::path::Path;
 use std::collections::HashMap;
 use std::io::Write;
+use std::path::Path;
 
 fn no_env(_: &str) -> Option<String> {
     None

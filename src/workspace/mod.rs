@@ -6,8 +6,12 @@
 //! half of an edit. Problems that still let it run (bad expressions, calls to
 //! missing automations) come back as diagnostics, for the caller to judge.
 
+mod library;
+pub mod redact;
 mod watch;
 
+pub use library::{Installer, Library};
+pub use redact::{secret_texts, Redactor};
 pub use watch::{Change, Edit, Watcher};
 
 use crate::dsl::{parse_automation, parse_yaml, Automation, Diagnostic};
@@ -29,7 +33,7 @@ pub struct Workspace {
     /// The workspace's secrets (`{{secret.x}}`, rate limit overrides).
     pub secrets: Map,
     /// Hides the secret values in what leaves the process (events, errors, logs).
-    pub redactor: crate::runtime::Redactor,
+    pub redactor: Redactor,
     /// Automations by slug.
     pub automations: HashMap<String, Arc<Automation>>,
     /// Automations listening to each event type.
@@ -248,7 +252,7 @@ pub fn load_with(
         id,
         name,
         config,
-        redactor: crate::runtime::Redactor::new(&secrets),
+        redactor: Redactor::new(&secrets),
         secrets,
         automations,
         listeners,
