@@ -4,18 +4,23 @@
 //! Shutdown order matters for "nothing lost": first the HTTP server stops
 //! taking requests, ends event streams and finishes the requests in flight
 //! (cancelling what is left after `http.shutdown_grace_secs`), then the bus
-//! stops taking events and finishes (or hands back) the ones it took.
+//! stops taking events and finishes (or hands back) the ones it took. Scheduled runs are
+//! tracked like requests: stopping waits for them (cancelling them after the same grace).
 
-use crate::bus::{Bus, EmbeddedBus};
+use crate::bus::{Bus, BusError, EmbeddedBus};
 use crate::config::Settings;
 use crate::http::{router, AppState, Shutdown};
-use crate::runtime::{Runtime, Start, Trigger};
+use crate::runtime::{ExecError, Runtime, Start, Trigger};
 use crate::workspace::{Installer, Library, Workspace};
 use chrono::{DateTime, Utc};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::task::TaskTracker;
 
 /// How often workspace folders and secrets files are checked for edits.
 const WATCH_EVERY: Duration = Duration::from_millis(500);
@@ -37,45 +42,58 @@ impl Installer for Runtime {
     }
 }
 
-/// Runs the schedules of every workspace: each tick is claimed on the bus, so
-/// with several instances it runs once in the cluster.
-pub async fn run_schedules(runtime: Runtime, mut stop: watch::Receiver<bool>) {
+/// Runs the schedules of every workspace until `stop` changes: each tick is claimed on the
+/// bus, so with several instances it runs once in the cluster. Returns once the runs it
+/// started are over, or cancels those still running `grace` after `stop`.
+pub async fn run_schedules(runtime: Runtime, mut stop: watch::Receiver<bool>, grace: Duration) {
+    let mut runs = JoinSet::new();
     let mut last = Utc::now();
     loop {
         let now = Utc::now();
         let to_next_second = 1_000 - u64::from(now.timestamp_subsec_millis()).min(999);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(to_next_second)) => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => break,
         }
         let now = Utc::now();
         for (ws, slug, expr, at) in due(&runtime, last, now) {
-            let runtime = runtime.clone();
-            tokio::spawn(async move {
-                let key = format!("{ws}/{slug}/{expr}/{}", at.timestamp());
-                match runtime.bus().claim(key).await {
-                    Ok(true) => {}
-                    Ok(false) => return,
-                    Err(e) => {
-                        tracing::warn!(workspace = %ws, slug = %slug, error = %e, "schedule tick not claimed");
-                        return;
-                    }
-                }
-                let start = Start {
-                    workspace: ws.clone(),
-                    slug: slug.clone(),
-                    payload: Default::default(),
-                    trigger: Trigger::new("schedule", expr.as_str()),
-                    correlation_id: None,
-                    depth: 0,
-                    http: None,
-                };
-                if let Err(e) = runtime.run(start).await {
-                    tracing::warn!(workspace = %ws, slug = %slug, error = %e, "scheduled run failed");
-                }
-            });
+            runs.spawn(run_tick(runtime.clone(), ws, slug, expr, at));
         }
+        while runs.try_join_next().is_some() {}
         last = now;
+    }
+    let finished = async { while runs.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, finished).await.is_err() {
+        tracing::warn!(
+            running = runs.len(),
+            "scheduled runs still running after the grace period are cancelled"
+        );
+    }
+    // Dropping the set aborts what is left.
+}
+
+/// One schedule tick: claimed on the bus, then run.
+async fn run_tick(runtime: Runtime, ws: String, slug: String, expr: String, at: DateTime<Utc>) {
+    let key = format!("{ws}/{slug}/{expr}/{}", at.timestamp());
+    match runtime.bus().claim(key).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => {
+            tracing::warn!(workspace = %ws, slug = %slug, error = %e, "schedule tick not claimed");
+            return;
+        }
+    }
+    let start = Start {
+        workspace: ws.clone(),
+        slug: slug.clone(),
+        payload: Default::default(),
+        trigger: Trigger::new("schedule", expr.as_str()),
+        correlation_id: None,
+        depth: 0,
+        http: None,
+    };
+    if let Err(e) = runtime.run(start).await {
+        tracing::warn!(workspace = %ws, slug = %slug, error = %e, "scheduled run failed");
     }
 }
 
@@ -101,6 +119,33 @@ fn due(
         }
     }
     ticks
+}
+
+/// Why the server could not start; `Display` is one line for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The NATS server named by `NATS_URL` cannot be used.
+    #[error("NATS_URL {url}: {source}")]
+    Bus {
+        /// The URL, credentials hidden.
+        url: String,
+        /// Why the connection failed.
+        source: BusError,
+    },
+    /// The runtime could not be built from the settings.
+    #[error("{0}")]
+    Runtime(ExecError),
+    /// The workspaces root is not a folder.
+    #[error("workspaces folder {0} does not exist (SLUICE_WORKSPACES or --workspaces)")]
+    NoWorkspaces(String),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {address} (SLUICE_LISTEN or --listen): {source}")]
+    Listen {
+        /// The address asked for.
+        address: String,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -129,93 +174,152 @@ async fn shutdown_signal() {
 async fn connect_bus(
     settings: &Settings,
     metrics: &Arc<crate::metrics::Metrics>,
-) -> Result<Arc<dyn Bus>, String> {
+) -> Result<Arc<dyn Bus>, ServeError> {
     match &settings.nats_url {
         None => Ok(Arc::new(EmbeddedBus::with_settings(&settings.runtime))),
         Some(url) => crate::bus::NatsBus::connect(url, &settings.nats, metrics.clone())
             .await
             .map(|b| Arc::new(b) as Arc<dyn Bus>)
-            .map_err(|e| format!("NATS_URL {}: {e}", crate::config::redact_userinfo(url))),
+            .map_err(|source| ServeError::Bus {
+                url: crate::config::redact_userinfo(url),
+                source,
+            }),
     }
 }
 
-/// Runs the server until SIGINT/SIGTERM. Errors are one line for the user.
-pub async fn serve(settings: Settings) -> Result<(), String> {
-    let metrics = Arc::new(crate::metrics::Metrics::default());
-    let bus = connect_bus(&settings, &metrics).await?;
-    let runtime =
-        Runtime::with_metrics(settings.clone(), bus.clone(), metrics).map_err(|e| e.to_string())?;
-    let library = Arc::new(Library::new(runtime.clone(), &settings));
-    if !settings.workspaces.is_dir() {
-        return Err(format!(
-            "workspaces folder {} does not exist (SLUICE_WORKSPACES or --workspaces)",
-            settings.workspaces.display()
-        ));
+/// A server ready to serve: its bus connected, its workspaces loaded and its listeners
+/// started. [`run`] builds one and serves it; tests build one to reach its runtime.
+pub struct Server {
+    settings: Settings,
+    runtime: Runtime,
+    bus: Arc<dyn Bus>,
+    library: Arc<Library>,
+}
+
+impl Server {
+    /// Connects the bus and loads every workspace of `settings`.
+    pub async fn start(settings: Settings) -> Result<Server, ServeError> {
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let bus = connect_bus(&settings, &metrics).await?;
+        let runtime = Runtime::with_metrics(settings.clone(), bus.clone(), metrics)
+            .map_err(ServeError::Runtime)?;
+        let library = Arc::new(Library::new(runtime.clone(), &settings));
+        if !settings.workspaces.is_dir() {
+            return Err(ServeError::NoWorkspaces(
+                settings.workspaces.display().to_string(),
+            ));
+        }
+        library.rescan().await;
+        // Only now can an event find its listeners.
+        runtime.start_bus();
+        Ok(Server {
+            settings,
+            runtime,
+            bus,
+            library,
+        })
     }
-    library.rescan().await;
-    // Only now can an event find its listeners.
-    runtime.start_bus();
-    let listener = tokio::net::TcpListener::bind(&settings.listen)
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot listen on {} (SLUICE_LISTEN or --listen): {e}",
-                settings.listen
-            )
-        })?;
-    let ready = Arc::new(AtomicBool::new(true));
-    let (stop_tx, stop_rx) = watch::channel(false);
 
-    let watch_library = library.clone();
-    let mut watch_stop = stop_rx.clone();
-    let watching = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(WATCH_EVERY) => watch_library.poll().await,
-                _ = watch_stop.changed() => return,
-            }
-        }
-    });
-    let retain_runtime = runtime.clone();
-    let mut retain_stop = stop_rx.clone();
-    let retaining = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(RETAIN_EVERY) => retain_runtime.limiters().retain_recent(),
-                _ = retain_stop.changed() => return,
-            }
-        }
-    });
-    let scheduling = tokio::spawn(run_schedules(runtime.clone(), stop_rx));
+    /// The runtime this server runs automations on.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
 
-    let state = AppState {
-        runtime: runtime.clone(),
-        settings: Arc::new(settings.clone()),
-        ready: ready.clone(),
-        library,
-        shutdown: Shutdown::default(),
-    };
-    let address = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| settings.listen.clone());
-    tracing::info!(listen = %address, bus = if settings.nats_url.is_some() { "nats" } else { "embedded" }, "sluice is serving");
-    let shutdown = state.shutdown.clone();
-    let signalled = shutdown.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        ready.store(false, Ordering::Release);
-        tracing::info!("shutting down: finishing requests in flight");
-        signalled.begin();
-    });
-    crate::http::serve(listener, router(state), &settings.http, &shutdown).await;
-    shutdown
-        .finish(Duration::from_secs(settings.http.shutdown_grace_secs))
+    /// Serves on `listener` until `shutdown` resolves, then stops in order: requests,
+    /// background tasks and scheduled runs, then the bus.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let Server {
+            settings,
+            runtime,
+            bus,
+            library,
+        } = self;
+        let ready = Arc::new(AtomicBool::new(true));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let grace = Duration::from_secs(settings.http.shutdown_grace_secs);
+        let background = TaskTracker::new();
+        let watch_library = library.clone();
+        background.spawn(every(WATCH_EVERY, stop_rx.clone(), move || {
+            let library = watch_library.clone();
+            async move { library.poll().await }
+        }));
+        let retain_runtime = runtime.clone();
+        background.spawn(every(RETAIN_EVERY, stop_rx.clone(), move || {
+            retain_runtime.limiters().retain_recent();
+            std::future::ready(())
+        }));
+        background.spawn(run_schedules(runtime.clone(), stop_rx, grace));
+        background.close();
+
+        let state = AppState {
+            runtime: runtime.clone(),
+            settings: Arc::new(settings.clone()),
+            ready: ready.clone(),
+            library,
+            shutdown: Shutdown::default(),
+        };
+        let address = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| settings.listen.clone());
+        tracing::info!(listen = %address, bus = if settings.nats_url.is_some() { "nats" } else { "embedded" }, "sluice is serving");
+        let http_shutdown = state.shutdown.clone();
+        let signalled = http_shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            ready.store(false, Ordering::Release);
+            tracing::info!("shutting down: finishing requests in flight");
+            signalled.begin();
+        });
+        crate::http::serve(listener, router(state), &settings.http, &http_shutdown).await;
+        http_shutdown.finish(grace).await;
+        let _ = stop_tx.send(true);
+        background.wait().await;
+        tracing::info!("finishing events in flight");
+        bus.shutdown().await;
+        tracing::info!("stopped");
+    }
+}
+
+/// Calls `tick` every `period` until `stop` changes.
+async fn every<F, T>(period: Duration, mut stop: watch::Receiver<bool>, mut tick: T)
+where
+    T: FnMut() -> F,
+    F: Future<Output = ()>,
+{
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => tick().await,
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Serves `settings`' workspaces on a bound `listener` until `shutdown` resolves
+/// (mini-redis's `server::run`): tests pass a listener on port 0 and their own signal.
+pub async fn run(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    Server::start(settings)
+        .await?
+        .serve(listener, shutdown)
         .await;
-    let _ = stop_tx.send(true);
-    let _ = tokio::join!(watching, retaining, scheduling);
-    tracing::info!("finishing events in flight");
-    bus.shutdown().await;
-    tracing::info!("stopped");
     Ok(())
+}
+
+/// `sluice serve`: binds `settings.listen` and serves until SIGINT/SIGTERM.
+pub async fn serve(settings: Settings) -> Result<(), ServeError> {
+    let listener = TcpListener::bind(&settings.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            address: settings.listen.clone(),
+            source,
+        })?;
+    run(listener, settings, shutdown_signal()).await
 }

@@ -1,16 +1,11 @@
-//! The HTTP routes of SPEC §3 on a real server bound to a free port on 127.0.0.1.
+//! The HTTP routes of SPEC §3 on a real server (`server::Server`) bound to port 0 on 127.0.0.1.
 
 use futures::StreamExt;
 use serde_json::{json, Value as J};
-use sluice::bus::EmbeddedBus;
 use sluice::config::Settings;
-use sluice::http::{router, AppState};
 use sluice::limits::LimitKind;
 use sluice::runtime::Runtime;
-use sluice::workspace::Library;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
 struct Server {
@@ -60,19 +55,11 @@ async fn server(admin_token: Option<&str>) -> Server {
     settings.secrets = dir.path().join("secrets");
     settings.admin_token = admin_token.map(str::to_string);
     settings.http.max_body = 1024;
-    let runtime = Runtime::new(settings.clone(), Arc::new(EmbeddedBus::new())).unwrap();
-    let library = Arc::new(Library::new(runtime.clone(), &settings));
-    library.rescan().await;
-    let state = AppState {
-        runtime: runtime.clone(),
-        settings: Arc::new(settings),
-        ready: Arc::new(AtomicBool::new(true)),
-        library,
-        shutdown: Default::default(),
-    };
+    let server = sluice::server::Server::start(settings).await.unwrap();
+    let runtime = server.runtime().clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    tokio::spawn(server.serve(listener, std::future::pending()));
     Server {
         base,
         runtime,
@@ -201,6 +188,9 @@ async fn webhook_status_codes() {
         message.contains("Automation not found: nobody"),
         "{message}"
     );
+    assert!(message.contains("(fail.yml:4)"), "{message}");
+    let folder = s._dir.path().to_string_lossy().into_owned();
+    assert!(!message.contains(&folder), "{message}");
 }
 
 /// Reads SSE messages until `pred` has seen what it wants (bounded in time).

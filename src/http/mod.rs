@@ -188,9 +188,15 @@ async fn webhook(
     let path = format!("/v2/workspaces/{ws}/webhooks/{name}");
     let gone = CallerGone(Arc::default());
     // Several automations may share an endpoint: all run, the first one answers.
+    // Named here rather than by the runtime so that a failure can be logged with it.
+    let correlation_ids: Vec<String> = automations
+        .iter()
+        .map(|_| format!("{:016x}", rand::random::<u64>()))
+        .collect();
     let starts: Vec<Start> = automations
         .iter()
-        .map(|a| Start {
+        .zip(&correlation_ids)
+        .map(|(a, correlation_id)| Start {
             workspace: ws.clone(),
             slug: a.slug.clone(),
             payload: payload.clone(),
@@ -198,7 +204,7 @@ async fn webhook(
                 caller_gone: Some(gone.0.clone()),
                 ..Trigger::new("endpoint", name.as_str())
             },
-            correlation_id: None,
+            correlation_id: Some(correlation_id.clone()),
             depth: 0,
             http: Some((method.to_string(), path.clone())),
         })
@@ -209,8 +215,8 @@ async fn webhook(
     let runs = state.shutdown.spawn(async move {
         futures::future::join_all(starts.into_iter().map(|s| runtime.run(s))).await
     });
-    let mut results = match runs.await {
-        Ok(Some(results)) => results.into_iter(),
+    let results = match runs.await {
+        Ok(Some(results)) => results,
         Ok(None) => {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -225,7 +231,22 @@ async fn webhook(
         }
     };
     drop(gone);
-    match results.next() {
+    // The latest secrets: an edit during the run may have added one.
+    let latest = state.runtime.workspace(&ws).unwrap_or(workspace);
+    for ((result, automation), correlation_id) in
+        results.iter().zip(&automations).zip(&correlation_ids)
+    {
+        if let Err(e) = result {
+            tracing::warn!(
+                workspace = %ws,
+                slug = %automation.slug,
+                correlation_id = %correlation_id,
+                error = %e,
+                "webhook execution failed"
+            );
+        }
+    }
+    match results.into_iter().next() {
         Some(Ok(outcome)) => match outcome.output {
             Value::String(s) => (
                 [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -235,13 +256,33 @@ async fn webhook(
             other => Json(other.to_json()).into_response(),
         },
         Some(Err(e)) => {
-            // The latest secrets: an edit during the run may have added one.
-            let ws = state.runtime.workspace(&ws).unwrap_or(workspace);
-            let message = ws.redactor.text(&e.to_string()).into_owned();
+            let message = latest.redactor.text(&e.to_string()).into_owned();
+            let message = without_paths(&message, &state.settings.workspaces);
             error(StatusCode::INTERNAL_SERVER_ERROR, message)
         }
         None => error(StatusCode::NOT_FOUND, format!("no endpoint `{name}`")),
     }
+}
+
+/// `message` without the server's folders: a caller may see a file's name in the
+/// workspace, never where the server keeps it.
+fn without_paths(message: &str, workspaces: &std::path::Path) -> String {
+    let mut roots = vec![workspaces.to_path_buf()];
+    roots.extend(workspaces.canonicalize());
+    roots.iter().fold(message.to_string(), |text, root| {
+        let root = root.to_string_lossy();
+        let root = root.trim_end_matches('/');
+        if root.is_empty() {
+            return text;
+        }
+        // Longest first: `root/ws/` leaves `file.yml`, then a bare `root` goes too.
+        let within = regex::Regex::new(&format!("{}/([^/\\s]+/)*", regex::escape(root)));
+        let text = match within {
+            Ok(re) => re.replace_all(&text, "").into_owned(),
+            Err(_) => text,
+        };
+        text.replace(root, "")
+    })
 }
 
 async fn ingest(
@@ -426,6 +467,17 @@ mod tests {
     use super::*;
     use crate::bus::{Bus, EmbeddedBus, Event, EventHandler, WATCH_CAPACITY};
     use futures::future::BoxFuture;
+
+    #[test]
+    fn error_bodies_keep_file_names_but_not_the_folders_holding_them() {
+        let root = std::path::Path::new("/srv/sluice/automations");
+        let message = "automation `a` (/srv/sluice/automations/demo/sub/a.yml:3): boom; root /srv/sluice/automations";
+        assert_eq!(
+            without_paths(message, root),
+            "automation `a` (a.yml:3): boom; root "
+        );
+        assert_eq!(without_paths("a.yml:3: boom", root), "a.yml:3: boom");
+    }
 
     struct NoListeners;
 
