@@ -111,14 +111,52 @@ pub enum BusError {
     /// The bus is shut down.
     #[error("the event bus is closed")]
     Closed,
-    /// The event was surely not stored: the broker refused it or it never left.
-    #[error("event bus: {0}")]
-    Refused(String),
+    /// The broker cannot be reached or set up: connecting, creating a stream or
+    /// a consumer, subscribing.
+    #[error("event bus: {step}: {reason}")]
+    Connect {
+        /// What was being done (`connecting to NATS`, `creating the events stream`).
+        step: &'static str,
+        /// The broker's or the client's answer.
+        reason: String,
+    },
+    /// An event could not be written for the wire.
+    #[error("event bus: encoding an event: {0}")]
+    Encode(String),
+    /// The broker refused a publish, or it never left: surely not stored.
+    #[error("event bus: {step}: {reason}")]
+    Publish {
+        /// What was published (`publishing an event`, `publishing a claim`).
+        step: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The broker answered the store with a refusal: surely not stored.
+    #[error("event bus: {step}: {reason}")]
+    Ack {
+        /// What was being stored (`storing an event`, `storing a claim`).
+        step: &'static str,
+        /// The broker's answer.
+        reason: String,
+    },
     /// No answer in time: the event may or may not be stored (a client buffers
     /// publishes while disconnected). Publishing it again with the same id is
     /// safe: the bus stores an id once within its duplicate window.
-    #[error("event bus: outcome unknown: {0}")]
-    Unknown(String),
+    #[error("event bus: outcome unknown: {step}: {reason}")]
+    Timeout {
+        /// What was being stored.
+        step: &'static str,
+        /// What the client said.
+        reason: String,
+    },
+}
+
+impl BusError {
+    /// Whether the event may have been stored all the same (a time-out), so that the
+    /// caller should send it again with its id rather than give it up.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, BusError::Timeout { .. })
+    }
 }
 
 /// A published event on its way to being stored: the emitter goes on at once

@@ -11,7 +11,7 @@ mod secrets;
 
 pub use listen::{serve, Shutdown};
 
-use crate::bus::{check_event_type, BusError, Watch};
+use crate::bus::{check_event_type, Watch};
 use crate::config::Settings;
 use crate::runtime::{Redactor, Runtime, Start, Trigger};
 use crate::value::{Map, Value};
@@ -347,9 +347,10 @@ async fn ingest(
         else {
             continue;
         };
-        let status = match e {
-            BusError::Unknown(_) => StatusCode::GATEWAY_TIMEOUT,
-            BusError::Refused(_) | BusError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        let status = if e.outcome_unknown() {
+            StatusCode::GATEWAY_TIMEOUT
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
         };
         // Some events may be stored: the ids let the client retry them all safely.
         let message = format!("{e}; send the same events with these ids again");

@@ -98,7 +98,10 @@ mod tests {
             if ok {
                 Ok(())
             } else {
-                Err(BusError::Unknown("storing an event: timed out".into()))
+                Err(BusError::Timeout {
+                    step: "storing an event",
+                    reason: "timed out".into(),
+                })
             }
         }))
     }
