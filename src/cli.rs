@@ -6,11 +6,13 @@
 
 use crate::bus::EmbeddedBus;
 use crate::config::Settings;
+use crate::limits::{LimitKind, Limiters};
 use crate::runtime::{Runtime, Start, Trigger};
 use crate::value::{number_to_json, Map, Value};
 use crate::workspace;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Arguments of `sluice run`.
 #[derive(clap::Args)]
@@ -182,6 +184,7 @@ async fn run_async(
         eprintln!("sluice: {problem}");
     }
     runtime.record_emits();
+    let progress = tokio::spawn(show_throttling(runtime.limiters().clone(), id.clone()));
     let result = runtime
         .run(Start {
             workspace: id,
@@ -195,6 +198,7 @@ async fn run_async(
         .await;
     // Listeners of the emitted events run too before the command ends.
     runtime.bus().settled().await;
+    progress.abort();
     let emitted: Vec<serde_json::Value> = runtime
         .take_recorded()
         .into_iter()
@@ -243,6 +247,46 @@ fn known_slugs(ws: &workspace::Workspace) -> String {
     }
 }
 
+/// How long an execution may be held back before `sluice run` says so on stderr, and how
+/// often it says it again: a silent wait of minutes looks like a hang.
+const THROTTLE_NOTICE: Duration = Duration::from_secs(2);
+
+/// Prints a line on stderr every [`THROTTLE_NOTICE`] while the limits of workspace `ws`
+/// have held its executions back longer than that; checks once a second.
+async fn show_throttling(limiters: Limiters, ws: String) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    let (mut shown, mut last) = (Duration::ZERO, None::<Instant>);
+    loop {
+        ticks.tick().await;
+        let quotas = limiters.workspace(&ws);
+        let worst = LimitKind::ALL
+            .into_iter()
+            .map(|kind| (limiters.throttled_so_far(kind), kind))
+            .max_by_key(|(waited, _)| *waited);
+        let Some((waited, kind)) = worst else {
+            continue;
+        };
+        // Only while waiting goes on, and at most one line per THROTTLE_NOTICE of wall time.
+        let quiet = last.is_none_or(|at| at.elapsed() >= THROTTLE_NOTICE);
+        if waited > THROTTLE_NOTICE && waited > shown && quiet {
+            (shown, last) = (waited, Some(Instant::now()));
+            eprintln!("{}", throttle_line(waited, kind, quotas.quota(kind)));
+        }
+    }
+}
+
+/// `throttled 2.0 s so far by automations (10/s)…`
+fn throttle_line(waited: Duration, kind: LimitKind, quota: Option<governor::Quota>) -> String {
+    let rate = quota
+        .map(|q| format!(" ({}/s)", 1.0 / q.replenish_interval().as_secs_f64()))
+        .unwrap_or_default();
+    format!(
+        "throttled {:.1} s so far by {}{rate}…",
+        waited.as_secs_f64(),
+        kind.as_str()
+    )
+}
+
 /// `sluice validate`: reports every problem as `path:line:column: message`.
 pub fn validate(dirs: &[PathBuf]) -> u8 {
     init_logs("warn", false);
@@ -277,5 +321,23 @@ pub fn validate(dirs: &[PathBuf]) -> u8 {
         1
     } else {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_throttle_line_names_the_limit_and_its_rate() {
+        let quota = crate::limits::values::quota(10.0, 5).unwrap();
+        assert_eq!(
+            throttle_line(Duration::from_millis(2040), LimitKind::Automations, quota),
+            "throttled 2.0 s so far by automations (10/s)…"
+        );
+        assert_eq!(
+            throttle_line(Duration::from_secs(3), LimitKind::Emits, None),
+            "throttled 3.0 s so far by emits…"
+        );
     }
 }

@@ -32,6 +32,7 @@ use indexmap::IndexMap;
 use secrets::Overrides;
 use std::fmt;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,10 +94,59 @@ struct Registry {
     /// The quotas of a workspace without overrides; `None` is no limit.
     default_quotas: [Option<Quota>; 4],
     workspaces: DashMap<Arc<str>, Arc<WorkspaceState>>,
+    /// What waiting has cost so far, for progress displays.
+    log: Arc<ThrottleLog>,
+}
+
+/// What the waits on each kind of limit have cost so far in this process. Written only by
+/// callers that had to wait (never on the uncontended path), read by a progress display
+/// (`sluice run` prints a line while an execution is held back).
+#[derive(Default)]
+struct ThrottleLog {
+    kinds: [KindLog; 4],
+}
+
+#[derive(Default)]
+struct KindLog {
+    /// Nanoseconds of the waits that are over.
+    waited: AtomicU64,
+    /// Waits in progress.
+    waiting: AtomicU64,
+    /// When the waits in progress began (the clock's nanoseconds), valid while `waiting > 0`.
+    since: AtomicU64,
+}
+
+/// One wait in progress, recorded in its kind's log until dropped (done or cancelled).
+struct WaitRecord<'a> {
+    log: &'a KindLog,
+    time: &'a TimeSource,
+    start: governor::nanos::Nanos,
+}
+
+impl<'a> WaitRecord<'a> {
+    fn begin(log: &'a KindLog, time: &'a TimeSource) -> WaitRecord<'a> {
+        let start = time.now();
+        if log.waiting.fetch_add(1, Ordering::AcqRel) == 0 {
+            log.since.store(start.as_u64(), Ordering::Release);
+        }
+        WaitRecord { log, time, start }
+    }
+}
+
+impl Drop for WaitRecord<'_> {
+    fn drop(&mut self) {
+        let waited = self.time.since(self.start);
+        let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        self.log.waited.fetch_add(nanos, Ordering::AcqRel);
+        self.log.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 struct WorkspaceState {
     name: Arc<str>,
+    /// The registry's log of waits and its clock.
+    log: Arc<ThrottleLog>,
+    time: TimeSource,
     /// `None` where that kind is not limited.
     buckets: [Option<Arc<Bucket>>; 4],
     /// Set when secrets override a limit: such state must outlive idleness.
@@ -134,6 +184,7 @@ impl Limiters {
             defaults: defaults.clone(),
             default_quotas,
             workspaces: DashMap::new(),
+            log: Arc::default(),
         }))
     }
 
@@ -215,6 +266,18 @@ impl Limiters {
         }
     }
 
+    /// How long callers have waited on `kind` so far in this process, the waits still in
+    /// progress included: what a progress display shows while an execution is held back.
+    pub fn throttled_so_far(&self, kind: LimitKind) -> Duration {
+        let log = &self.0.log.kinds[kind.index()];
+        let mut nanos = log.waited.load(Ordering::Acquire);
+        if log.waiting.load(Ordering::Acquire) > 0 {
+            let since = log.since.load(Ordering::Acquire);
+            nanos = nanos.saturating_add(self.0.time.now().as_u64().saturating_sub(since));
+        }
+        Duration::from_nanos(nanos)
+    }
+
     /// How many workspaces have limiter state.
     pub fn len(&self) -> usize {
         self.0.workspaces.len()
@@ -248,6 +311,8 @@ impl Registry {
         });
         WorkspaceState {
             name,
+            log: Arc::clone(&self.log),
+            time: self.time.clone(),
             buckets,
             overridden,
         }
@@ -351,8 +416,10 @@ impl WorkspaceLimits {
         if bucket.try_take(n) {
             return Duration::ZERO;
         }
+        let record = WaitRecord::begin(&self.0.log.kinds[kind.index()], &self.0.time);
         // Boxed so that the future of the common, uncontended call stays small.
         let waited = Box::pin(bucket.wait(n)).await;
+        drop(record);
         let wait_ms = waited.as_secs_f64() * 1000.0;
         let workspace = &*self.0.name;
         let limit = kind.as_str();
