@@ -131,7 +131,7 @@ pub fn run(args: RunArgs) -> u8 {
     };
     let secrets = args.secrets.clone().or_else(|| {
         let id = workspace::id_of(&args.workspace);
-        let f = settings.secrets.join(format!("{id}.yml"));
+        let f = workspace::secrets_file(&settings.secrets, &id);
         f.exists().then_some(f)
     });
     if let Some(s) = &args.secrets {

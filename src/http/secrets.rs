@@ -19,7 +19,7 @@ use axum::Json;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 fn file_of(state: &AppState, ws: &str) -> std::path::PathBuf {
-    state.settings.secrets.join(format!("{ws}.yml"))
+    crate::workspace::secrets_file(&state.settings.secrets, ws)
 }
 
 fn keys_response(ws: &str, secrets: &Map) -> Response {

@@ -118,14 +118,8 @@ pub fn trigger_payload(payload: &Map, arguments: &[String], headers: Option<&[St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workspace::redact::tests::map;
     use serde_json::json;
-
-    fn map(j: serde_json::Value) -> Map {
-        match Value::from(j) {
-            Value::Object(m) => (*m).clone(),
-            _ => Map::new(),
-        }
-    }
 
     #[test]
     fn executed_trigger_payload_hides_secret_arguments_and_keeps_listed_headers() {

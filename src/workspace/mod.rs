@@ -59,6 +59,20 @@ impl Workspace {
     }
 }
 
+/// Whether `path` is one of a workspace folder's files (automations and `workspace.yml`):
+/// a YAML file by its extension, `.yml` or `.yaml`.
+pub fn is_workspace_file(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yml") | Some("yaml")
+    )
+}
+
+/// The secrets file of workspace `id` in the secrets folder: `<secrets>/<id>.yml`.
+pub fn secrets_file(secrets: &Path, id: &str) -> PathBuf {
+    secrets.join(format!("{id}.yml"))
+}
+
 /// Whether `id` is a valid workspace id (`[A-Za-z0-9_-]{1,64}`).
 pub fn valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
@@ -164,13 +178,7 @@ pub fn load_with(
     };
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && matches!(
-                    p.extension().and_then(|e| e.to_str()),
-                    Some("yml") | Some("yaml")
-                )
-        })
+        .filter(|p| p.is_file() && is_workspace_file(p))
         .collect();
     files.sort();
 

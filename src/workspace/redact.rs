@@ -222,11 +222,12 @@ pub fn secret_texts(secrets: &Map) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn map(j: serde_json::Value) -> Map {
+    /// A JSON object as a [`Map`] (empty for anything else).
+    pub(crate) fn map(j: serde_json::Value) -> Map {
         match Value::from(j) {
             Value::Object(m) => (*m).clone(),
             _ => Map::new(),

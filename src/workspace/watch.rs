@@ -69,7 +69,7 @@ impl Watcher {
     }
 
     fn secrets_file(&self, id: &str) -> PathBuf {
-        self.secrets.join(format!("{id}.yml"))
+        super::secrets_file(&self.secrets, id)
     }
 
     fn fingerprint(&self, id: &str, dir: &Path) -> Fingerprint {
@@ -77,12 +77,7 @@ impl Watcher {
             .map(|entries| {
                 entries
                     .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| {
-                        matches!(
-                            p.extension().and_then(|e| e.to_str()),
-                            Some("yml") | Some("yaml")
-                        )
-                    })
+                    .filter(|p| super::is_workspace_file(p))
                     .filter_map(|p| entry(&p))
                     .collect()
             })
