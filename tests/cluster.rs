@@ -130,8 +130,18 @@ async fn a_killed_instance_fails_over_within_ack_wait_and_marks_reruns() {
     let mut done = client.subscribe("sluice.demo.events.done").await.unwrap();
     const N: usize = 300;
     post_work(&a.base, N).await;
-    // Every instance holds events in the middle of their runs.
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    // Kill `b` once it holds events in the middle of their runs (each waits 0.5 s).
+    let holding = tokio::task::block_in_place(|| {
+        common::within(Duration::from_secs(10), || {
+            common::get(&format!("{}/metrics", b.base)).is_some_and(|(_, text)| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("sluice_bus_pending_events "))
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .is_some_and(|n| n > 0)
+            })
+        })
+    });
+    assert!(holding.is_some(), "instance b never held an event");
     b.child.kill().unwrap();
     b.child.wait().unwrap();
     let killed = tokio::time::Instant::now();

@@ -113,6 +113,35 @@ impl Drop for Serve {
     }
 }
 
+/// The address in the server's `sluice is serving listen=…` log line (text or JSON logs).
+fn serving_address(logs: &str) -> Option<String> {
+    let line = logs.lines().find(|l| l.contains("sluice is serving"))?;
+    // Text logs may carry colour codes around the field name.
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    let rest = plain
+        .split_once("listen=")
+        .or_else(|| plain.split_once("\"listen\":\""))?
+        .1;
+    let address: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect();
+    (!address.is_empty()).then_some(address)
+}
+
+/// Whether the child process has ended (a start-up error).
+fn child_exited(child: &mut Child) -> bool {
+    child.try_wait().ok().flatten().is_some()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -171,14 +200,10 @@ pub fn serve(root: &Path) -> Serve {
 
 /// `sluice serve` over `root` with extra environment variables and arguments.
 pub fn serve_with(root: &Path, env: &[(&str, &str)], args: &[&str]) -> Serve {
-    let port = free_port();
+    // Port 0: the server binds a free port itself and logs it, so no other process can
+    // take the port between a test choosing it and the server binding it.
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--workspaces",
-        ])
+        .args(["serve", "--listen", "127.0.0.1:0", "--workspaces"])
         .arg(root.join("automations"))
         .args(args)
         .env("SLUICE_SECRETS", root.join("secrets"))
@@ -199,7 +224,15 @@ pub fn serve_with(root: &Path, env: &[(&str, &str)], args: &[&str]) -> Serve {
             l.push('\n');
         }
     });
-    let base = format!("http://127.0.0.1:{port}");
+    let mut address = None;
+    within(Duration::from_secs(10), || {
+        address = serving_address(&logs.lock().unwrap());
+        address.is_some() || child_exited(&mut child)
+    });
+    let Some(address) = address else {
+        panic!("server did not start serving: {}", logs.lock().unwrap());
+    };
+    let base = format!("http://{address}");
     let health = format!("{base}/sys/healthcheck");
     assert!(
         within(Duration::from_secs(10), || get(&health)
