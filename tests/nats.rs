@@ -332,16 +332,19 @@ async fn wait_on_one_instance_sees_an_event_emitted_by_another() {
     let a = instance(&server.url, &s, &[("waiter", waiter)]).await;
     let b = instance(&server.url, &s, &[]).await;
     let mut seen_by_a = a.bus.watch("ws");
-    let waiting = tokio::spawn(async move {
+    let mut waiting = tokio::spawn(async move {
         let out = a.run("waiter").await;
         (out, a)
     });
-    // The wait subscribes as it starts; emit once it surely did.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    b.emit("ping", json!({"from": "b"})).await;
-    let (out, a) = bounded(Duration::from_secs(10), "the wait", waiting)
-        .await
-        .unwrap();
+    // The wait registers as its run starts, which nothing shows: ping until it answers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (out, a) = loop {
+        b.emit("ping", json!({"from": "b"})).await;
+        if let Ok(done) = tokio::time::timeout(Duration::from_millis(100), &mut waiting).await {
+            break done.unwrap();
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for the wait");
+    };
     assert_eq!(out, json!({"from": "b"}));
     // Executed events reach watchers through NATS as well, not only locally.
     let executed: Arc<Event> = bounded(Duration::from_secs(5), "executed event", async {

@@ -92,15 +92,18 @@ fn schedules_tick_every_second() {
 #[test]
 fn sigterm_finishes_requests_in_flight_then_exits() {
     let dir = tempfile::tempdir().unwrap();
+    let (started, running) = common::started_signal();
     write(
         dir.path(),
         "slow.yml",
-        "slug: slow\nwhen: {endpoint: true}\ndo:\n  - wait: {timeout: 1}\noutput: finished\n",
+        &format!("slug: slow\nwhen: {{endpoint: true}}\ndo:\n  - fetch: {{url: '{started}'}}\n  - wait: {{timeout: 1}}\noutput: finished\n"),
     );
     let mut s = serve(dir.path());
     let url = format!("{}/v2/workspaces/demo/webhooks/slow", s.base);
     let request = std::thread::spawn(move || get(&url));
-    std::thread::sleep(Duration::from_millis(300));
+    running
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the slow run never started");
     let pid = s.child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])

@@ -98,10 +98,11 @@ fn a_caller_that_waits_is_not_marked_gone() {
 #[test]
 fn sigterm_ends_streams_and_long_waits_within_the_grace() {
     let dir = tempfile::tempdir().unwrap();
+    let (started, running) = common::started_signal();
     write(
         dir.path(),
         "forever.yml",
-        "slug: forever\nwhen: {endpoint: true}\ndo:\n  - wait: {timeout: 86400}\noutput: never\n",
+        &format!("slug: forever\nwhen: {{endpoint: true}}\ndo:\n  - fetch: {{url: '{started}'}}\n  - wait: {{timeout: 86400}}\noutput: never\n"),
     );
     let mut s = serve_configured(
         dir.path(),
@@ -119,8 +120,9 @@ fn sigterm_ends_streams_and_long_waits_within_the_grace() {
             .send()
             .map(|r| r.status().as_u16())
     });
-    // The webhook is in its wait once its run started; give it a moment.
-    std::thread::sleep(Duration::from_millis(500));
+    running
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the webhook's run never started");
     let pid = s.child.id().to_string();
     let signalled = Instant::now();
     assert!(Command::new("kill")

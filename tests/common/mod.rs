@@ -142,6 +142,28 @@ fn child_exited(child: &mut Child) -> bool {
     child.try_wait().ok().flatten().is_some()
 }
 
+/// An HTTP endpoint on 127.0.0.1 that tells the test each time it is fetched: its URL and
+/// the receiving end. An automation fetches it first so that the test knows the run started,
+/// instead of sleeping and hoping it did.
+pub fn started_signal() -> (String, std::sync::mpsc::Receiver<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/started", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            let mut head = [0u8; 4096];
+            let _ = stream.read(&mut head);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            if tx.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    (url, rx)
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
