@@ -10,6 +10,7 @@ use common::{put, serve};
 #[test]
 fn two_unthrottled_loops_do_not_hold_back_another_workspaces_webhook() {
     let dir = tempfile::tempdir().unwrap();
+    let (started, running) = common::started_signal();
     put(
         dir.path(),
         "victim",
@@ -20,7 +21,7 @@ fn two_unthrottled_loops_do_not_hold_back_another_workspaces_webhook() {
         dir.path(),
         "spinner",
         "spin.yml",
-        "slug: spin\nwhen: {endpoint: true}\ndo:\n  - repeat:\n      on: 10000000\n      do:\n        - set: {name: x, value: '{{$index}}'}\n",
+        &format!("slug: spin\nwhen: {{endpoint: true}}\ndo:\n  - fetch: {{url: '{started}'}}\n  - repeat:\n      on: 10000000\n      do:\n        - set: {{name: x, value: '{{{{$index}}}}'}}\n"),
     );
     common::secrets(
         dir.path(),
@@ -42,8 +43,12 @@ fn two_unthrottled_loops_do_not_hold_back_another_workspaces_webhook() {
             let _ = client.get(&spin).send();
         });
     }
-    // Let both loops get going: each takes far longer than the whole test.
-    std::thread::sleep(Duration::from_millis(500));
+    // Both loops are going once each told so: each takes far longer than the whole test.
+    for _ in 0..2 {
+        running
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a loop never started");
+    }
     let client = reqwest::blocking::Client::new();
     let mut slowest = Duration::ZERO;
     for _ in 0..20 {
