@@ -323,3 +323,59 @@ pub async fn serve(settings: Settings) -> Result<(), ServeError> {
         })?;
     run(listener, settings, shutdown_signal()).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The next event named `kind` within `limit`, or `None`.
+    async fn next(events: &mut crate::bus::Watch, kind: &str, limit: Duration) -> Option<()> {
+        tokio::time::timeout(limit, async {
+            while let Ok(e) = events.recv().await {
+                if e.kind == kind {
+                    return;
+                }
+            }
+            std::future::pending().await
+        })
+        .await
+        .ok()
+    }
+
+    /// Stopping the schedules with `grace`: whether the run in progress emitted `finished`.
+    async fn stop_during_a_run(grace: Duration) -> bool {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("tick.yml"),
+            "slug: tick\nwhen: {schedules: ['* * * * * *']}\ndo:\n  - emit: {event: started}\n  - wait: {timeout: 1}\n  - emit: {event: finished}\n",
+        )
+        .unwrap();
+        let runtime = Runtime::new(Settings::default(), Arc::new(EmbeddedBus::new())).unwrap();
+        let ws = crate::workspace::load(dir.path(), None).unwrap();
+        let mut events = runtime.bus().watch(&ws.id);
+        runtime.install(ws);
+        let (stop, stopped) = watch::channel(false);
+        let schedules = tokio::spawn(run_schedules(runtime.clone(), stopped, grace));
+        let started = next(&mut events, "started", Duration::from_secs(5)).await;
+        assert!(started.is_some(), "no scheduled run started");
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), schedules)
+            .await
+            .expect("the schedules did not stop")
+            .unwrap();
+        // Whatever the run did, it did before `run_schedules` returned.
+        next(&mut events, "finished", Duration::from_millis(100))
+            .await
+            .is_some()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stopping_the_schedules_waits_for_their_runs_within_the_grace() {
+        assert!(stop_during_a_run(Duration::from_secs(10)).await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_past_the_grace_are_cancelled() {
+        assert!(!stop_during_a_run(Duration::from_millis(100)).await);
+    }
+}
