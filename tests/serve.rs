@@ -121,3 +121,27 @@ fn sigterm_finishes_requests_in_flight_then_exits() {
         s.logs.lock().unwrap()
     );
 }
+
+#[test]
+fn a_failed_webhook_execution_is_logged_with_its_workspace_slug_and_correlation_id() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "fail.yml",
+        "slug: fail\nwhen: {endpoint: true}\ndo:\n  - nobody: {}\n",
+    );
+    let s = serve(dir.path());
+    let answer = get(&format!("{}/v2/workspaces/demo/webhooks/fail", s.base));
+    assert_eq!(answer.map(|(status, _)| status), Some(500));
+    let logged = within(Duration::from_secs(5), || {
+        let logs = s.logs.lock().unwrap();
+        logs.lines().any(|l| {
+            l.contains("webhook execution failed")
+                && l.contains("demo")
+                && l.contains("fail")
+                && l.contains("correlation_id")
+                && l.contains("Automation not found: nobody")
+        })
+    });
+    assert!(logged.is_some(), "no log line: {}", s.logs.lock().unwrap());
+}
