@@ -20,6 +20,7 @@ pub mod cycle;
 pub mod ledger;
 pub mod settings;
 pub mod store;
+mod workspace;
 
 pub use bands::Bands;
 pub use cycle::{Cycle, CycleRule};
@@ -32,9 +33,10 @@ use dashmap::DashMap;
 use ledger::{credits, rfc3339, MAX_CREDITS};
 use serde::Serialize;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::broadcast;
+use workspace::{lock, WsState};
 
 /// How many band events a slow subscriber may fall behind before missing some.
 const EVENTS_CAPACITY: usize = 1024;
@@ -53,23 +55,6 @@ struct Inner {
     /// One flush at a time, so a delta is never in flight twice.
     flushing: tokio::sync::Mutex<()>,
     events: broadcast::Sender<BandEvent>,
-}
-
-/// One workspace's quota in the current cycle.
-struct WsState {
-    name: Arc<str>,
-    policy: QuotaPolicy,
-    cycle: Cycle,
-    /// The store's totals as last written or read (with other instances' charges).
-    base: Totals,
-    /// Handed to the store by a flush that has not finished.
-    in_flight: Totals,
-    /// Counted here since the last flush.
-    pending: Totals,
-    /// Whether `base` was read from the store for this cycle.
-    synced: bool,
-    /// The bands of this cycle already announced (by any instance).
-    announced: Vec<f64>,
 }
 
 /// Refused input: the message names the value and what is valid.
@@ -148,94 +133,6 @@ pub struct BandEvent {
     /// When the cycle resets (RFC 3339).
     #[serde(rename = "resetsAt")]
     pub resets_at: String,
-}
-
-impl WsState {
-    fn new(name: Arc<str>, policy: QuotaPolicy, now: DateTime<Utc>) -> WsState {
-        WsState {
-            name,
-            cycle: policy.cycle.containing(now),
-            policy,
-            base: Totals::default(),
-            in_flight: Totals::default(),
-            pending: Totals::default(),
-            synced: false,
-            announced: Vec::new(),
-        }
-    }
-
-    /// Moves to the cycle of `now` if this one is over: what was pending goes to
-    /// `orphans` under the old cycle, and the new cycle starts from zero.
-    fn roll(&mut self, now: DateTime<Utc>, orphans: &Mutex<Vec<(LedgerKey, Ledger)>>) {
-        if self.cycle.contains(now) {
-            return;
-        }
-        let cycle = self.policy.cycle.containing(now);
-        if cycle.id == self.cycle.id {
-            self.cycle = cycle;
-            return;
-        }
-        if !self.pending.is_empty() {
-            let pending = std::mem::take(&mut self.pending);
-            let delta = self.delta(pending);
-            lock(orphans).push((self.key(), delta));
-        }
-        self.cycle = cycle;
-        self.base = Totals::default();
-        self.in_flight = Totals::default();
-        self.synced = false;
-        self.announced.clear();
-    }
-
-    fn key(&self) -> LedgerKey {
-        LedgerKey {
-            workspace: self.name.to_string(),
-            cycle: self.cycle.id.clone(),
-        }
-    }
-
-    fn delta(&self, totals: Totals) -> Ledger {
-        Ledger {
-            start: self.cycle.start.timestamp_millis(),
-            end: self.cycle.end.timestamp_millis(),
-            plan: self.policy.plan.clone(),
-            credits: self.policy.credits,
-            totals,
-        }
-    }
-
-    /// Micro-credits used and the cycle's total credits (`None` without quota).
-    fn used_and_total(&self) -> (i64, Option<i64>) {
-        let sum = |f: fn(&Totals) -> i64| {
-            f(&self.base)
-                .saturating_add(f(&self.in_flight))
-                .saturating_add(f(&self.pending))
-        };
-        let total = self
-            .policy
-            .credits
-            .map(|c| c.saturating_add(sum(|t| t.added)));
-        (sum(|t| t.used), total)
-    }
-
-    fn percent(&self) -> Option<f64> {
-        let (used, total) = self.used_and_total();
-        bands::percent(used, total?)
-    }
-
-    /// The ledger of the current cycle as this instance knows it.
-    fn ledger(&self) -> Ledger {
-        let mut totals = self.base.clone();
-        totals.absorb(&self.in_flight);
-        totals.absorb(&self.pending);
-        self.delta(totals)
-    }
-}
-
-/// Locks `m`, going on with the data if a panic poisoned it: every update of a state is
-/// a few additions that leave it consistent.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Quotas {

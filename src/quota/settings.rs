@@ -9,6 +9,7 @@
 use super::cycle::CycleRule;
 use super::ledger::{micro, MAX_CREDITS};
 use crate::limits::values::parse_number;
+use crate::limits::LimitKind;
 use crate::value::{Map, Value};
 use chrono_tz::Tz;
 use indexmap::IndexMap;
@@ -127,6 +128,18 @@ pub struct Costs {
     pub fetchs: f64,
     /// Per `repeat` iteration.
     pub repeats: f64,
+}
+
+impl Costs {
+    /// Credits per token of the built-in limit `kind`.
+    pub fn of(&self, kind: LimitKind) -> f64 {
+        match kind {
+            LimitKind::Automations => self.automations,
+            LimitKind::Emits => self.emits,
+            LimitKind::Fetchs => self.fetchs,
+            LimitKind::Repeats => self.repeats,
+        }
+    }
 }
 
 /// One band of restriction.

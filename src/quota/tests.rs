@@ -414,3 +414,105 @@ async fn list_shows_every_known_workspace_by_name() {
     // What `zeta` had pending when removed was still written.
     assert_eq!(q.usage("zeta", None, now).await.unwrap().used, 1.0);
 }
+
+#[test]
+fn costs_are_read_per_built_in_limit() {
+    let s: QuotaSettings =
+        serde_yaml::from_str("costs: {automations: 1, emits: 0.5, fetchs: 2, repeats: 0.01}")
+            .unwrap();
+    s.validate().unwrap();
+    let costs = crate::limits::LimitKind::ALL.map(|k| s.costs.of(k));
+    assert_eq!(costs, [1.0, 0.5, 2.0, 0.01]);
+}
+
+/// The embedded store, failing while `down` is set.
+struct Flaky {
+    inner: RedbStore,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl Flaky {
+    fn err(&self) -> Option<StoreError> {
+        self.down
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then(|| StoreError("down for the test".into()))
+    }
+}
+
+impl Store for Flaky {
+    fn apply<'a>(
+        &'a self,
+        batch: &'a [(LedgerKey, Ledger)],
+    ) -> futures::future::BoxFuture<'a, Vec<Result<Ledger, StoreError>>> {
+        match self.err() {
+            Some(e) => Box::pin(async move { vec![Err(e); batch.len()] }),
+            None => self.inner.apply(batch),
+        }
+    }
+
+    fn read<'a>(
+        &'a self,
+        key: &'a LedgerKey,
+    ) -> futures::future::BoxFuture<'a, Result<Option<Ledger>, StoreError>> {
+        self.inner.read(key)
+    }
+
+    fn claim_band<'a>(
+        &'a self,
+        key: &'a LedgerKey,
+        at: f64,
+    ) -> futures::future::BoxFuture<'a, Result<bool, StoreError>> {
+        match self.err() {
+            Some(e) => Box::pin(async move { Err(e) }),
+            None => self.inner.claim_band(key, at),
+        }
+    }
+
+    fn shared(&self) -> bool {
+        false
+    }
+}
+
+#[tokio::test]
+async fn a_failed_flush_keeps_every_charge_for_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let flaky = Arc::new(Flaky {
+        inner: RedbStore::open(dir.path()).unwrap(),
+        down: true.into(),
+    });
+    let q = Quotas::new(settings(), flaky.clone());
+    let mut events = q.subscribe();
+    let now = utc(NOW);
+    q.charge("ws", "a", 50.0, now).unwrap();
+    // The cycle ends while the store is down: the old cycle's charges wait too.
+    let next = utc("2026-12-01T00:00:01Z");
+    q.charge("ws", "a", 85.0, next).unwrap();
+    let e = q.flush(next).await.unwrap_err();
+    assert_eq!(e.to_string(), "usage store: down for the test");
+    q.charge("ws", "b", 1.0, next).unwrap();
+    assert_eq!(q.decision("ws", QuotaClass::Premium, next).band, Some(1));
+    assert!(q.flush(next).await.is_err());
+    assert!(events.try_recv().is_err(), "no claim, no event");
+    flaky.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    q.flush(next).await.unwrap();
+    assert_eq!(events.try_recv().unwrap().at, 80.0);
+    drop((q, flaky));
+    let q = quotas_in(dir.path(), settings());
+    let u = q.usage("ws", None, next).await.unwrap();
+    assert_eq!((u.used, u.by_automation["b"]), (86.0, 1.0));
+    let past = q.usage("ws", Some("2026-11-01"), next).await.unwrap();
+    assert_eq!(past.used, 50.0);
+}
+
+#[test]
+fn a_data_dir_in_use_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = RedbStore::open(dir.path()).unwrap();
+    let e = RedbStore::open(dir.path()).err().unwrap().to_string();
+    assert!(
+        e.ends_with(
+            "give each instance its own data_dir (SLUICE_DATA), or share usage through NATS"
+        ),
+        "{e}"
+    );
+}

@@ -36,10 +36,13 @@ impl RedbStore {
             ))
         })?;
         let db = Database::create(&path).map_err(|e| {
-            StoreError(format!(
-                "cannot open {} ({e}); set data_dir or SLUICE_DATA to a writable folder",
-                path.display()
-            ))
+            let fix = match e {
+                ::redb::DatabaseError::DatabaseAlreadyOpen => {
+                    "another process uses it: give each instance its own data_dir (SLUICE_DATA), or share usage through NATS"
+                }
+                _ => "set data_dir or SLUICE_DATA to a writable folder",
+            };
+            StoreError(format!("cannot open {} ({e}); {fix}", path.display()))
         })?;
         Ok(RedbStore { db: Arc::new(db) })
     }
