@@ -272,7 +272,9 @@ impl Quotas {
     }
 
     /// Adds `amount` credits to the current cycle of `ws`, lifting restrictions at once,
-    /// and writes them to the store before answering with the new usage.
+    /// and writes them to the store before answering with the new usage. When the store
+    /// fails they stay added and pending like any charge, so the answer is still the new
+    /// usage: an error would invite the caller to add them twice.
     pub async fn add_credits(
         &self,
         ws: &str,
@@ -293,7 +295,8 @@ impl Quotas {
             }
             s.pending.added = s.pending.added.saturating_add(n);
         }
-        self.flush(now).await?;
+        // `flush` logs a failure and keeps the credits pending for the next flush.
+        let _ = self.flush(now).await;
         let ledger = lock(&state).ledger();
         Ok(UsageView::new(&ledger, &self.0.bands))
     }

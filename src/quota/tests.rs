@@ -493,13 +493,19 @@ async fn a_failed_flush_keeps_every_charge_for_the_next_one() {
     assert_eq!(q.decision("ws", QuotaClass::Premium, next).band, Some(1));
     assert!(q.flush(next).await.is_err());
     assert!(events.try_recv().is_err(), "no claim, no event");
+    // Credits added meanwhile count at once and are written later, not refused.
+    let u = q.add_credits("ws", 5.0, next).await.unwrap();
+    assert_eq!((u.credits.added, u.credits.total), (5.0, Some(105.0)));
     flaky.down.store(false, std::sync::atomic::Ordering::SeqCst);
     q.flush(next).await.unwrap();
     assert_eq!(events.try_recv().unwrap().at, 80.0);
     drop((q, flaky));
     let q = quotas_in(dir.path(), settings());
     let u = q.usage("ws", None, next).await.unwrap();
-    assert_eq!((u.used, u.by_automation["b"]), (86.0, 1.0));
+    assert_eq!(
+        (u.used, u.by_automation["b"], u.credits.added),
+        (86.0, 1.0, 5.0)
+    );
     let past = q.usage("ws", Some("2026-11-01"), next).await.unwrap();
     assert_eq!(past.used, 50.0);
 }
