@@ -522,3 +522,26 @@ fn a_data_dir_in_use_is_refused_with_what_to_do() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn restrictions_end_when_the_cycle_resets_in_the_workspace_zone() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = quotas_in(dir.path(), settings());
+    let ny = secrets(&[("sluice_quota_timezone", Value::str("America/New_York"))]);
+    let now = utc(NOW);
+    q.apply_secrets("ws", &ny, now).unwrap();
+    q.charge("ws", "a", 130.0, now).unwrap();
+    // New York's December starts at 05:00 UTC (EST): one second before, still restricted.
+    let before = utc("2026-12-01T04:59:59Z");
+    let r = q
+        .decision("ws", QuotaClass::Standard, before)
+        .restricted
+        .unwrap();
+    assert_eq!(
+        (r.retry_after, r.resets_at),
+        (1, utc("2026-12-01T05:00:00Z"))
+    );
+    let reset = utc("2026-12-01T05:00:00Z");
+    let d = q.decision("ws", QuotaClass::Premium, reset);
+    assert_eq!((d.band, d.restricted, d.slow), (None, None, 1.0));
+}
