@@ -22,6 +22,7 @@ pub mod expr;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod quota;
 pub mod runtime;
 pub mod server;
 pub mod value;

@@ -1,5 +1,5 @@
 //! Bearer tokens of the guarded routes: the operator's admin token
-//! (`SLUICE_ADMIN_TOKEN`) for the secrets API, and for a workspace's event
+//! (`SLUICE_ADMIN_TOKEN`) for the secrets and usage APIs, and for a workspace's event
 //! stream either that token or the workspace's read token (its secret
 //! `sluice_events_token`).
 //!
@@ -37,11 +37,15 @@ fn same(given: &str, expected: Option<&str>) -> bool {
 
 /// Checks `Authorization: Bearer <SLUICE_ADMIN_TOKEN>`.
 pub(super) fn admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let expected = state.settings.admin_token.as_deref();
+    admin_token(state.settings.admin_token.as_deref(), headers)
+}
+
+/// Checks `Authorization: Bearer <expected>`, the operator's admin token.
+pub(super) fn admin_token(expected: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
     if expected.is_none_or(str::is_empty) {
         return Err(api_error(
             StatusCode::FORBIDDEN,
-            "the secrets API is off: set SLUICE_ADMIN_TOKEN to enable it",
+            "the operator API is off: set SLUICE_ADMIN_TOKEN to enable it",
         ));
     }
     if same(bearer(headers)?, expected) {

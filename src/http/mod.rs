@@ -8,6 +8,7 @@
 mod auth;
 mod listen;
 mod secrets;
+pub mod usage;
 
 pub use listen::{serve, Shutdown};
 
