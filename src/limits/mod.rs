@@ -12,6 +12,7 @@
 
 mod bucket;
 pub mod budgets;
+pub mod cluster;
 pub mod clock;
 mod secrets;
 pub mod values;
