@@ -12,8 +12,8 @@
 
 mod bucket;
 pub mod budgets;
-pub mod cluster;
 pub mod clock;
+pub mod cluster;
 mod secrets;
 pub mod values;
 

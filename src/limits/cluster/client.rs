@@ -11,8 +11,8 @@
 use super::lease::{Holder, Leases};
 use super::owner::Owner;
 use super::wire::{self, Late, Reply, ToOwner};
-use super::{ClusterError, ClusterRequest, ClusterSettings, Denied, HolderId, LimitRef};
 use super::LocalGrantor;
+use super::{ClusterError, ClusterRequest, ClusterSettings, Denied, HolderId, LimitRef};
 use async_nats::client::{Request, RequestErrorKind};
 use dashmap::DashMap;
 use futures::StreamExt;
@@ -171,9 +171,7 @@ impl ClusterLimits {
                 _ => {}
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(Denied::Busy {
-                    retry_after: RETRY,
-                });
+                return Err(Denied::Busy { retry_after: RETRY });
             }
         }
     }
@@ -365,11 +363,7 @@ struct Serving {
 }
 
 /// Tries to take the lease; starts serving if it did.
-async fn take(
-    shared: &Arc<Shared>,
-    limit: &LimitRef,
-    serving: &mut Option<Serving>,
-) {
+async fn take(shared: &Arc<Shared>, limit: &LimitRef, serving: &mut Option<Serving>) {
     let sent_at = Instant::now();
     match shared.leases.take(limit).await {
         Ok(Holder::Me(revision)) => {

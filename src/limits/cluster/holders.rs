@@ -72,8 +72,10 @@ impl Holders {
             if holder.instance != instance {
                 continue;
             }
-            if !entry.held.contains_key(&holder.request) {
-                entry.held.insert(holder.request, (key.clone(), now));
+            if let std::collections::hash_map::Entry::Vacant(slot) =
+                entry.held.entry(holder.request)
+            {
+                slot.insert((key.clone(), now));
                 changes.adopt.push((holder.clone(), key.clone()));
             }
         }

@@ -138,8 +138,7 @@ impl fmt::Display for LimitRef {
 /// `s` if it is a valid subject token and key-value key part, else `=` and its hex bytes.
 fn safe(s: &str) -> String {
     let plain = !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if plain {
         return s.to_string();

@@ -8,12 +8,12 @@
 //! - Right after a takeover the owner only listens for a short while: the instances that
 //!   lost the old owner heartbeat every [`super::client::RETRY`], so their held slots are
 //!   adopted before any new slot is granted.
-//! - Held slots are swept every third of the lease: an instance silent for a lease loses them.
+//! - Held slots are swept every [`SWEEP`]: an instance silent for a lease loses them.
 
 use super::holders::Holders;
 use super::wire::{self, Late, Reply, ToOwner};
 use super::{ClusterError, ClusterSettings, Grant, GrantRequest, HolderId, LimitRef, LocalGrantor};
-use super::{Refusal, ClusterRequest};
+use super::{ClusterRequest, Refusal};
 use futures::{FutureExt, StreamExt};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +23,8 @@ use tokio::time::Instant;
 
 /// How long a new owner listens to heartbeats before it serves acquisitions.
 const LEARN: Duration = Duration::from_millis(300);
+/// How often held slots are checked for silent instances: the slack on top of the lease.
+const SWEEP: Duration = Duration::from_millis(100);
 
 /// What the owner of one limit needs.
 #[derive(Clone)]
@@ -86,7 +88,7 @@ impl Owner {
         tokio::pin!(learning);
         let mut learnt = false;
         let mut buffered: Vec<(String, u64, ClusterRequest, Option<u64>)> = Vec::new();
-        let mut sweep = tokio::time::interval(self.settings.renew_every());
+        let mut sweep = tokio::time::interval(SWEEP);
         loop {
             tokio::select! {
                 _ = &mut stop => break,
@@ -226,12 +228,14 @@ impl Owner {
         }
     }
 
-    /// Frees the slots of silent instances and forgets old answers.
+    /// Frees the slots of instances silent for a lease (less one sweep, so they are back
+    /// within the lease) and forgets old answers.
     fn sweep(&self, state: &Arc<Mutex<State>>) {
         let lease = self.settings.lease();
+        let silent = lease - SWEEP;
         let mut state = lock(state);
         let now = state.now();
-        for (holder, key) in state.holders.expire(now, lease) {
+        for (holder, key) in state.holders.expire(now, silent) {
             tracing::info!(limit = %self.limit, instance = %holder.instance, "freeing the slot of a silent instance");
             self.grantor.release(&self.limit, &key, &holder);
         }

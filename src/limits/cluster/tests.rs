@@ -41,10 +41,7 @@ fn messages_round_trip() {
         wait_ms: Some(120),
     };
     let bytes = wire::encode(&message);
-    assert_eq!(
-        wire::decode::<ToOwner>(&bytes, "test").unwrap(),
-        message
-    );
+    assert_eq!(wire::decode::<ToOwner>(&bytes, "test").unwrap(), message);
     let err = wire::decode::<Reply>(b"{\"t\":\"nope\"}", "cluster limit answer").unwrap_err();
     assert!(err.to_string().contains("cluster limit answer"), "{err}");
 }
@@ -57,12 +54,19 @@ fn settings_are_checked() {
         ..ClusterSettings::default()
     };
     let err = short.validate().unwrap_err().to_string();
-    assert!(err.contains("limits.lease_secs is 1") && err.contains("2 to 3600"), "{err}");
+    assert!(
+        err.contains("limits.lease_secs is 1") && err.contains("2 to 3600"),
+        "{err}"
+    );
     let bucket = ClusterSettings {
         bucket: "a.b".into(),
         ..ClusterSettings::default()
     };
-    assert!(bucket.validate().unwrap_err().to_string().contains("\"a.b\""));
+    assert!(bucket
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("\"a.b\""));
     // SPEC section 9: the default lease.
     assert_eq!(ClusterSettings::default().lease_secs, 5);
 }
