@@ -146,7 +146,10 @@ impl ClusterLimits {
                 Ok(m) => wire::decode::<Reply>(&m.payload, "cluster limit answer").ok(),
                 Err(e) => {
                     if e.kind() == RequestErrorKind::NoResponders {
+                        // No owner: have the agent try to take the lease now.
                         limit.poke.notify_one();
+                    }
+                    if e.kind() != RequestErrorKind::TimedOut {
                         pause(deadline).await;
                     }
                     None
@@ -168,6 +171,8 @@ impl ClusterLimits {
                         retry_after: Duration::from_millis(retry_after_ms),
                     });
                 }
+                // The owner is handing the limit over: give the next one a moment.
+                Some(Reply::Moved) => pause(deadline).await,
                 _ => {}
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -333,7 +338,9 @@ async fn agent(shared: Arc<Shared>, limit: LimitRef, state: Arc<Limit>) {
     loop {
         if let Some(s) = serving.as_mut() {
             renew(&shared, &limit, s).await;
-            if s.valid_until <= Instant::now() {
+            // A serving task that ended (its subscription closed) is restarted by the next
+            // take, which finds the lease still this instance's.
+            if s.valid_until <= Instant::now() || s.task.is_finished() {
                 tracing::warn!(%limit, "lost the lease of a cluster limit");
                 serving = None;
             }
@@ -360,6 +367,7 @@ struct Serving {
     valid_until: Instant,
     /// Dropping it stops the owner task.
     _stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// Tries to take the lease; starts serving if it did.
@@ -376,7 +384,7 @@ async fn take(shared: &Arc<Shared>, limit: &LimitRef, serving: &mut Option<Servi
                 limit: limit.clone(),
             };
             let name = limit.clone();
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 if let Err(e) = owner.serve(stopped).await {
                     tracing::warn!(limit = %name, error = %e, "stopped serving a cluster limit");
                 }
@@ -385,6 +393,7 @@ async fn take(shared: &Arc<Shared>, limit: &LimitRef, serving: &mut Option<Servi
                 revision,
                 valid_until: valid_until(shared, sent_at),
                 _stop: stop,
+                task,
             });
         }
         Ok(Holder::Other(_)) => {}

@@ -52,12 +52,12 @@ impl Leases {
 
     /// The bucket, created if missing (as after a NATS restart on an empty store).
     async fn store(&self) -> Result<Store, ClusterError> {
-        if let Ok(store) = self.js.get_key_value(&self.settings.bucket).await {
+        if let Ok(store) = self.js.get_key_value(&self.settings.cluster_bucket).await {
             return Ok(store);
         }
         self.js
             .create_key_value(kv::Config {
-                bucket: self.settings.bucket.clone(),
+                bucket: self.settings.cluster_bucket.clone(),
                 description: "sluice: owners of cluster limits".into(),
                 history: 1,
                 limit_markers: Some(MARKER_TTL),
@@ -67,7 +67,7 @@ impl Leases {
             .map_err(|e| {
                 ClusterError::Nats(format!(
                     "creating the key-value bucket {:?} (needs nats-server >= 2.11 with JetStream): {e}",
-                    self.settings.bucket
+                    self.settings.cluster_bucket
                 ))
             })
     }

@@ -42,14 +42,14 @@ pub struct ClusterSettings {
     /// a dead instance's slots stay held and a dead owner's limit waits for a new owner.
     pub lease_secs: u64,
     /// The JetStream key-value bucket that holds the ownership leases.
-    pub bucket: String,
+    pub cluster_bucket: String,
 }
 
 impl Default for ClusterSettings {
     fn default() -> ClusterSettings {
         ClusterSettings {
             lease_secs: 5,
-            bucket: "sluice_limit_owners".into(),
+            cluster_bucket: "sluice_limit_owners".into(),
         }
     }
 }
@@ -64,15 +64,15 @@ impl ClusterSettings {
                 self.lease_secs
             )));
         }
-        let valid = !self.bucket.is_empty()
+        let valid = !self.cluster_bucket.is_empty()
             && self
-                .bucket
+                .cluster_bucket
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !valid {
             return Err(ClusterError::Setting(format!(
                 "limits.cluster_bucket is {:?}; it must be letters, digits, '_' or '-'",
-                self.bucket
+                self.cluster_bucket
             )));
         }
         Ok(())

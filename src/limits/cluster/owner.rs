@@ -87,20 +87,25 @@ impl Owner {
         let learning = tokio::time::sleep(LEARN);
         tokio::pin!(learning);
         let mut learnt = false;
-        let mut buffered: Vec<(String, u64, ClusterRequest, Option<u64>)> = Vec::new();
+        let mut buffered: Vec<(String, u64, ClusterRequest, Option<u64>, Instant)> = Vec::new();
         let mut sweep = tokio::time::interval(SWEEP);
+        let mut forget = tokio::time::interval(self.settings.renew_every());
         loop {
             tokio::select! {
                 _ = &mut stop => break,
                 () = &mut learning, if !learnt => {
                     learnt = true;
-                    for (instance, request, ask, wait_ms) in buffered.drain(..) {
+                    for (instance, request, ask, wait_ms, at) in buffered.drain(..) {
+                        // The caller's wait kept running while the owner listened.
+                        let spent = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
+                        let wait_ms = wait_ms.map(|w| w.saturating_sub(spent));
                         if let Some(reply) = self.start(&state, instance.clone(), request, ask.clone(), wait_ms) {
                             self.send_late(&instance, request, &ask, reply).await;
                         }
                     }
                 }
                 _ = sweep.tick() => self.sweep(&state),
+                _ = forget.tick() => forget_answers(&state, self.settings.lease()),
                 message = messages.next() => {
                     let Some(message) = message else { break };
                     let Some(reply_to) = message.reply.clone() else { continue };
@@ -112,7 +117,7 @@ impl Owner {
                                 Some(Known::Done(reply, _)) => reply,
                                 None if !learnt => {
                                     lock(&state).requests.insert((instance.clone(), request), Known::Queued);
-                                    buffered.push((instance, request, ask, wait_ms));
+                                    buffered.push((instance, request, ask, wait_ms, Instant::now()));
                                     Reply::Queued
                                 }
                                 None => self.start(&state, instance, request, ask, wait_ms).unwrap_or(Reply::Queued),
@@ -229,7 +234,7 @@ impl Owner {
     }
 
     /// Frees the slots of instances silent for a lease (less one sweep, so they are back
-    /// within the lease) and forgets old answers.
+    /// within the lease).
     fn sweep(&self, state: &Arc<Mutex<State>>) {
         let lease = self.settings.lease();
         let silent = lease - SWEEP;
@@ -239,11 +244,15 @@ impl Owner {
             tracing::info!(limit = %self.limit, instance = %holder.instance, "freeing the slot of a silent instance");
             self.grantor.release(&self.limit, &key, &holder);
         }
-        state.requests.retain(|_, known| match known {
-            Known::Queued => true,
-            Known::Done(_, at) => at.elapsed() < lease,
-        });
     }
+}
+
+/// Forgets answers older than a lease: a resend comes within a few answer timeouts.
+fn forget_answers(state: &Mutex<State>, lease: Duration) {
+    lock(state).requests.retain(|_, known| match known {
+        Known::Queued => true,
+        Known::Done(_, at) => at.elapsed() < lease,
+    });
 }
 
 /// Records an acquisition's outcome and returns the answer for it.

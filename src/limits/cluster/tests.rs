@@ -59,7 +59,7 @@ fn settings_are_checked() {
         "{err}"
     );
     let bucket = ClusterSettings {
-        bucket: "a.b".into(),
+        cluster_bucket: "a.b".into(),
         ..ClusterSettings::default()
     };
     assert!(bucket
