@@ -583,3 +583,55 @@ async fn the_limit_holds_again_after_a_nats_restart() {
     assert_within_rate(&all, 20.0, 20.0);
     assert!(all.len() >= 20, "only {} grants in 2 s at 20/s", all.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_owner_adopts_the_slots_held_under_the_old_one() {
+    let nats = NatsServer::start();
+    let conf = Conf {
+        rate: 1000.0,
+        burst: 1000.0,
+        concurrency: Some(2),
+    };
+    let confs = [("slots", conf)];
+    let a = instance(&nats.url, &confs).await;
+    // A uses the limit first, so it owns it.
+    drop(a.limits.acquire(ask("slots", 10, None)).await.unwrap());
+    let b = instance(&nats.url, &confs).await;
+    let c = instance(&nats.url, &confs).await;
+    let held = b.limits.acquire(ask("slots", 10, None)).await.unwrap();
+    let limit = LimitRef::shared("slots");
+    assert!(eventually(Duration::from_secs(5), || b.limits.status(&limit).is_some()).await);
+    drop(a);
+    let granted = Arc::new(AtomicUsize::new(0));
+    let mut set = JoinSet::new();
+    for _ in 0..2 {
+        let (limits, granted) = (c.limits.clone(), granted.clone());
+        set.spawn(async move {
+            let permit = limits.acquire(ask("slots", 10, None)).await.unwrap();
+            granted.fetch_add(1, Ordering::SeqCst);
+            permit
+        });
+    }
+    // The new owner knows B's slot from B's heartbeat, so of C's two only one fits.
+    let settled = eventually(Duration::from_secs(LEASE_SECS + 4), || {
+        c.limits
+            .status(&limit)
+            .is_some_and(|s| s.holders == 2 && s.waiters == 1)
+            && granted.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(
+        settled,
+        "status {:?}, {} granted",
+        c.limits.status(&limit),
+        granted.load(Ordering::SeqCst)
+    );
+    drop(held);
+    assert!(
+        eventually(Duration::from_secs(5), || granted.load(Ordering::SeqCst)
+            == 2)
+        .await,
+        "the second slot did not come once B released"
+    );
+    while set.join_next().await.is_some() {}
+}
