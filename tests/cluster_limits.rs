@@ -635,3 +635,37 @@ async fn a_new_owner_adopts_the_slots_held_under_the_old_one() {
     );
     while set.join_next().await.is_some() {}
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shut_down_owner_hands_over_at_once() {
+    let nats = NatsServer::start();
+    let confs = [("rate", RATE20)];
+    let a = instance(&nats.url, &confs).await;
+    // A uses the limit first, so it owns it.
+    a.limits.acquire(ask("rate", 10, None)).await.unwrap();
+    let b = instance(&nats.url, &confs).await;
+    b.limits.acquire(ask("rate", 10, None)).await.unwrap();
+    let limit = LimitRef::shared("rate");
+    assert!(
+        eventually(Duration::from_secs(5), || b
+            .limits
+            .status(&limit)
+            .is_some_and(|s| s.owner == a.limits.instance()))
+        .await
+    );
+    let start = Instant::now();
+    a.limits.shutdown().await;
+    b.limits.acquire(ask("rate", 10, None)).await.unwrap();
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(LEASE_SECS),
+        "B waited {took:?}, as long as for a dead owner"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || b
+            .limits
+            .status(&limit)
+            .is_some_and(|s| s.owner == b.limits.instance()))
+        .await
+    );
+}

@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// Pause between attempts while a limit has no owner answering.
 pub(super) const RETRY: Duration = Duration::from_millis(100);
@@ -31,10 +32,13 @@ const ANSWER_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long after its wait a queued request still accepts the owner's answer, which the
 /// owner sends at the end of the same wait.
 const GRACE: Duration = Duration::from_millis(500);
+/// How long a shutdown waits for the leases to be given back.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Attempts to deliver a release before leaving it to the next heartbeat.
 const RELEASE_ATTEMPTS: usize = 3;
 
-/// Cluster limits as seen by one instance; dropping it stops its tasks (as a dead instance).
+/// Cluster limits as seen by one instance; dropping it stops its tasks (as a dead instance
+/// would), [`ClusterLimits::shutdown`] first hands its limits over.
 pub struct ClusterLimits {
     shared: Arc<Shared>,
     tasks: Mutex<JoinSet<()>>,
@@ -49,6 +53,8 @@ struct Shared {
     leases: Leases,
     limits: DashMap<LimitRef, Arc<Limit>>,
     next: AtomicU64,
+    /// Cancelled by [`ClusterLimits::shutdown`]: agents give their leases back.
+    closing: CancellationToken,
 }
 
 /// This instance's state for one cluster limit.
@@ -89,6 +95,7 @@ impl ClusterLimits {
             leases,
             limits: DashMap::new(),
             next: AtomicU64::new(1),
+            closing: CancellationToken::new(),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(dispatch(shared.clone(), inbox));
@@ -96,6 +103,20 @@ impl ClusterLimits {
             shared,
             tasks: Mutex::new(tasks),
         })
+    }
+
+    /// Gives the limits this instance owns back at once, so that another instance takes
+    /// them over without waiting for the lease to expire; then stops this instance's tasks.
+    /// The other instances' waiters are sent on to the new owners.
+    pub async fn shutdown(&self) {
+        self.shared.closing.cancel();
+        let mut tasks = std::mem::take(&mut *lock(&self.tasks));
+        let handed_over = tokio::time::timeout(SHUTDOWN_TIMEOUT, async {
+            while tasks.join_next().await.is_some() {}
+        });
+        if handed_over.await.is_err() {
+            tasks.abort_all();
+        }
     }
 
     /// This instance's id in the cluster (as owners and the operator view name it).
@@ -313,7 +334,12 @@ async fn release(shared: Arc<Shared>, limit: LimitRef, key: String, holder: Hold
 /// Hands late answers to their waiting requests; a slot granted to a request that gave up
 /// is released at once.
 async fn dispatch(shared: Arc<Shared>, mut inbox: async_nats::Subscriber) {
-    while let Some(message) = inbox.next().await {
+    loop {
+        let message = tokio::select! {
+            message = inbox.next() => message,
+            () = shared.closing.cancelled() => None,
+        };
+        let Some(message) = message else { break };
         let Ok(late) = wire::decode::<Late>(&message.payload, "late cluster limit answer") else {
             continue;
         };
@@ -355,7 +381,21 @@ async fn agent(shared: Arc<Shared>, limit: LimitRef, state: Arc<Limit>) {
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             () = state.poke.notified() => {}
+            () = shared.closing.cancelled() => break,
         }
+    }
+    if let Some(Serving {
+        revision,
+        _stop,
+        task,
+        ..
+    }) = serving.take()
+    {
+        // The owner task ends first, so the next owner never overlaps it.
+        drop(_stop);
+        let _ = task.await;
+        shared.leases.resign(&limit, revision).await;
+        tracing::info!(%limit, "handed a cluster limit over");
     }
 }
 

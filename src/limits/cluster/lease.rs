@@ -100,6 +100,15 @@ impl Leases {
         self.write(&store, &limit.token(), revision).await
     }
 
+    /// Gives the lease up at once, if it is still at `revision`.
+    pub async fn resign(&self, limit: &LimitRef, revision: u64) {
+        if let Ok(store) = self.store().await {
+            let _ = store
+                .delete_expect_revision(limit.token(), Some(revision))
+                .await;
+        }
+    }
+
     /// Writes this instance's id under `key` if its last revision is `expected` (0: absent).
     async fn write(&self, store: &Store, key: &str, expected: u64) -> Result<u64, ClusterError> {
         let mut headers = HeaderMap::new();
