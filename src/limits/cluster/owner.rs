@@ -1,0 +1,294 @@
+//! Serving a cluster limit while this instance owns it: every instance's acquisitions,
+//! releases and heartbeats arrive on the limit's subject and go through the local limiter.
+//!
+//! - Acquisitions are numbered by their instance; a resend of a known number gets the same
+//!   answer (queued, or the grant already made), never a second grant.
+//! - An acquisition the limiter answers at once is answered in the reply; one that waits
+//!   is answered "queued", and its result goes later to the instance's inbox.
+//! - Right after a takeover the owner only listens for a short while: the instances that
+//!   lost the old owner heartbeat every [`super::client::RETRY`], so their held slots are
+//!   adopted before any new slot is granted.
+//! - Held slots are swept every [`SWEEP`]: an instance silent for a lease loses them.
+
+use super::holders::Holders;
+use super::wire::{self, Late, Reply, ToOwner};
+use super::{ClusterError, ClusterSettings, Grant, GrantRequest, HolderId, LimitRef, LocalGrantor};
+use super::{ClusterRequest, Refusal};
+use futures::{FutureExt, StreamExt};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// How long a new owner listens to heartbeats before it serves acquisitions.
+const LEARN: Duration = Duration::from_millis(300);
+/// How often held slots are checked for silent instances: the slack on top of the lease.
+const SWEEP: Duration = Duration::from_millis(100);
+
+/// What the owner of one limit needs.
+#[derive(Clone)]
+pub(super) struct Owner {
+    pub client: async_nats::Client,
+    pub grantor: Arc<dyn LocalGrantor>,
+    pub settings: ClusterSettings,
+    pub instance: String,
+    pub limit: LimitRef,
+}
+
+/// An acquisition the owner knows, by instance and number.
+#[derive(Clone, Debug)]
+enum Known {
+    /// In the waiting line.
+    Queued,
+    /// Answered at this time.
+    Done(Reply, Instant),
+}
+
+/// State shared by the serving loop and its waiting acquisitions.
+struct State {
+    start: Instant,
+    requests: HashMap<(String, u64), Known>,
+    holders: Holders,
+}
+
+impl State {
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+}
+
+/// Gives the limit back to the limiter however serving ends (stop, abort, error), so its
+/// waiters are told to ask the new owner.
+struct HandBack(Arc<dyn LocalGrantor>, LimitRef);
+
+impl Drop for HandBack {
+    fn drop(&mut self) {
+        self.0.hand_back(&self.1);
+    }
+}
+
+impl Owner {
+    /// Serves the limit until `stop` fires or is dropped.
+    pub async fn serve(self, mut stop: oneshot::Receiver<()>) -> Result<(), ClusterError> {
+        let mut messages = self
+            .client
+            .subscribe(wire::subject(&self.limit))
+            .await
+            .map_err(|e| ClusterError::Nats(format!("serving {}: {e}", self.limit)))?;
+        self.grantor.take_over(&self.limit);
+        let _hand_back = HandBack(self.grantor.clone(), self.limit.clone());
+        tracing::info!(limit = %self.limit, instance = %self.instance, "owning cluster limit");
+        let state = Arc::new(Mutex::new(State {
+            start: Instant::now(),
+            requests: HashMap::new(),
+            holders: Holders::default(),
+        }));
+        let learning = tokio::time::sleep(LEARN);
+        tokio::pin!(learning);
+        let mut learnt = false;
+        let mut buffered: Vec<(String, u64, ClusterRequest, Option<u64>, Instant)> = Vec::new();
+        let mut sweep = tokio::time::interval(SWEEP);
+        let mut forget = tokio::time::interval(self.settings.renew_every());
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                () = &mut learning, if !learnt => {
+                    learnt = true;
+                    for (instance, request, ask, wait_ms, at) in buffered.drain(..) {
+                        // The caller's wait kept running while the owner listened.
+                        let spent = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
+                        let wait_ms = wait_ms.map(|w| w.saturating_sub(spent));
+                        if let Some(reply) = self.start(&state, instance.clone(), request, ask.clone(), wait_ms) {
+                            self.send_late(&instance, request, &ask, reply).await;
+                        }
+                    }
+                }
+                _ = sweep.tick() => self.sweep(&state),
+                _ = forget.tick() => forget_answers(&state, self.settings.lease()),
+                message = messages.next() => {
+                    let Some(message) = message else { break };
+                    let Some(reply_to) = message.reply.clone() else { continue };
+                    let reply = match wire::decode::<ToOwner>(&message.payload, "cluster limit request") {
+                        Ok(ToOwner::Acquire { instance, request, ask, wait_ms }) => {
+                            let known = lock(&state).requests.get(&(instance.clone(), request)).cloned();
+                            match known {
+                                Some(Known::Queued) => Reply::Queued,
+                                Some(Known::Done(reply, _)) => reply,
+                                None if !learnt => {
+                                    lock(&state).requests.insert((instance.clone(), request), Known::Queued);
+                                    buffered.push((instance, request, ask, wait_ms, Instant::now()));
+                                    Reply::Queued
+                                }
+                                None => self.start(&state, instance, request, ask, wait_ms).unwrap_or(Reply::Queued),
+                            }
+                        }
+                        Ok(ToOwner::Release { holder, key }) => {
+                            lock(&state).holders.released(&holder);
+                            self.grantor.release(&self.limit, &key, &holder);
+                            Reply::Released
+                        }
+                        Ok(ToOwner::Heartbeat { instance, holders, waiting }) => {
+                            self.heartbeat(&state, &instance, &holders, &waiting)
+                        }
+                        Err(e) => {
+                            tracing::warn!(limit = %self.limit, error = %e, "ignoring a cluster limit message");
+                            continue;
+                        }
+                    };
+                    let _ = self.client.publish(reply_to, wire::encode(&reply).into()).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts an acquisition in the limiter's line. Returns its answer if it came at once;
+    /// otherwise a task sends it to the instance's inbox when it comes.
+    fn start(
+        &self,
+        state: &Arc<Mutex<State>>,
+        instance: String,
+        request: u64,
+        ask: ClusterRequest,
+        wait_ms: Option<u64>,
+    ) -> Option<Reply> {
+        let holder = HolderId {
+            instance: instance.clone(),
+            request,
+        };
+        let mut grant_request = GrantRequest {
+            request: ask.clone(),
+            holder: holder.clone(),
+        };
+        grant_request.request.wait = wait_ms.map(Duration::from_millis);
+        let mut outcome = self.grantor.acquire(grant_request);
+        if let Some(result) = (&mut outcome).now_or_never() {
+            return Some(record(state, &holder, &ask.key, result));
+        }
+        lock(state)
+            .requests
+            .insert((instance.clone(), request), Known::Queued);
+        let owner = self.clone();
+        let state = state.clone();
+        tokio::spawn(async move {
+            let result = outcome.await;
+            let reply = record(&state, &holder, &ask.key, result);
+            owner.send_late(&instance, request, &ask, reply).await;
+        });
+        None
+    }
+
+    async fn send_late(&self, instance: &str, request: u64, ask: &ClusterRequest, reply: Reply) {
+        let late = Late {
+            limit: self.limit.clone(),
+            request,
+            key: ask.key.clone(),
+            reply,
+        };
+        let _ = self
+            .client
+            .publish(wire::inbox(instance), wire::encode(&late).into())
+            .await;
+    }
+
+    fn heartbeat(
+        &self,
+        state: &Arc<Mutex<State>>,
+        instance: &str,
+        holders: &[(HolderId, String)],
+        waiting: &[u64],
+    ) -> Reply {
+        let mut state = lock(state);
+        let now = state.now();
+        let changes = state
+            .holders
+            .heartbeat(instance, holders, now, self.settings.renew_every());
+        for (holder, key) in &changes.adopt {
+            self.grantor.adopt(&self.limit, key, holder);
+        }
+        for (holder, key) in &changes.free {
+            self.grantor.release(&self.limit, key, holder);
+        }
+        let unknown = waiting
+            .iter()
+            .copied()
+            .filter(|r| {
+                !matches!(
+                    state.requests.get(&(instance.to_string(), *r)),
+                    Some(Known::Queued)
+                )
+            })
+            .collect();
+        let waiters = state
+            .requests
+            .values()
+            .filter(|k| matches!(k, Known::Queued))
+            .count();
+        Reply::Alive {
+            owner: self.instance.clone(),
+            unknown,
+            holders: state.holders.held(),
+            waiters,
+        }
+    }
+
+    /// Frees the slots of instances silent for a lease (less one sweep, so they are back
+    /// within the lease).
+    fn sweep(&self, state: &Arc<Mutex<State>>) {
+        let lease = self.settings.lease();
+        let silent = lease - SWEEP;
+        let mut state = lock(state);
+        let now = state.now();
+        for (holder, key) in state.holders.expire(now, silent) {
+            tracing::info!(limit = %self.limit, instance = %holder.instance, "freeing the slot of a silent instance");
+            self.grantor.release(&self.limit, &key, &holder);
+        }
+    }
+}
+
+/// Forgets answers older than a lease: a resend comes within a few answer timeouts.
+fn forget_answers(state: &Mutex<State>, lease: Duration) {
+    lock(state).requests.retain(|_, known| match known {
+        Known::Queued => true,
+        Known::Done(_, at) => at.elapsed() < lease,
+    });
+}
+
+/// Records an acquisition's outcome and returns the answer for it.
+fn record(
+    state: &Arc<Mutex<State>>,
+    holder: &HolderId,
+    key: &str,
+    result: Result<Grant, Refusal>,
+) -> Reply {
+    let mut state = lock(state);
+    let reply = match result {
+        Ok(grant) => {
+            if grant.slot {
+                let now = state.now();
+                state.holders.granted(holder, key, now);
+            }
+            Reply::Granted { slot: grant.slot }
+        }
+        Err(Refusal::Busy { retry_after }) => Reply::Refused {
+            retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
+        },
+        Err(Refusal::Closed) => Reply::Moved,
+    };
+    let id = (holder.instance.clone(), holder.request);
+    if reply == Reply::Moved {
+        state.requests.remove(&id);
+    } else {
+        state
+            .requests
+            .insert(id, Known::Done(reply.clone(), Instant::now()));
+    }
+    reply
+}
+
+/// Locks the owner's state; a panic elsewhere while holding it leaves plain bookkeeping
+/// that is still usable.
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
