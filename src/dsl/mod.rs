@@ -10,14 +10,17 @@
 
 mod compile;
 mod locate;
+mod suggest;
 
-pub use compile::{parse_automation, parse_yaml, Compiled};
+pub use compile::{describe, parse_automation, parse_yaml, Compiled, Compiler};
 pub use locate::Locator;
+pub use suggest::{did_you_mean, one_of};
 
-use crate::expr::{Expr, ExprError, Key, Scope, Template};
+use crate::expr::{ExprError, Scope, Template};
+use crate::runtime::Instruction;
 use crate::value::{Map, Value};
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// A YAML value whose strings are pre-parsed templates.
@@ -66,89 +69,6 @@ impl Node {
     }
 }
 
-/// The `name` of a `set`: parsed at load when it is a plain path, so hot loops
-/// do not re-parse it; templated names are parsed when they run.
-#[derive(Debug)]
-pub enum VarName {
-    /// A constant path; `push` when it ended in `[]`.
-    Static {
-        /// The path's keys.
-        keys: Vec<Key>,
-        /// Whether the name ended in `[]` (push).
-        push: bool,
-    },
-    /// A templated (or malformed) name, resolved and parsed at run time.
-    Dynamic(Node),
-}
-
-/// One instruction of a `do` list, with the 1-based line it starts on.
-#[derive(Debug)]
-pub struct Instruction {
-    /// What the instruction does.
-    pub kind: Kind,
-    /// Line of the instruction in its file (0 when unknown).
-    pub line: usize,
-}
-
-/// The instructions of DSUL (§7).
-#[derive(Debug)]
-pub enum Kind {
-    /// `set: {name, value, type}`.
-    Set {
-        /// The variable path.
-        name: VarName,
-        /// The value to store.
-        value: Node,
-        /// `replace`, `merge` or `push`; absent means replace.
-        kind: Option<Node>,
-    },
-    /// `delete: {name}`.
-    Delete {
-        /// The variable path.
-        name: Node,
-    },
-    /// `conditions:` branches in file order; `default` runs when none matched.
-    Conditions {
-        /// Each expression (or its parse error) with the instructions it guards.
-        branches: Vec<(Result<Expr, ExprError>, Vec<Instruction>)>,
-        /// The `default` branch.
-        default: Option<Vec<Instruction>>,
-    },
-    /// `repeat: {on, until, do}`.
-    Repeat {
-        /// What to iterate.
-        on: Option<Node>,
-        /// Maximum number of iterations.
-        until: Option<Node>,
-        /// The loop body.
-        body: Vec<Instruction>,
-    },
-    /// `all:` instructions started together.
-    All(Vec<Instruction>),
-    /// `break: {scope}`.
-    Break {
-        /// `automation` (default) or `all`.
-        scope: Node,
-    },
-    /// `comment:` does nothing.
-    Comment,
-    /// `emit:` the whole mapping.
-    Emit(Node),
-    /// `wait:` the whole mapping.
-    Wait(Node),
-    /// `fetch:` the whole mapping.
-    Fetch(Node),
-    /// A call of another automation by slug with the whole mapping as arguments.
-    Call {
-        /// The callee's slug.
-        slug: String,
-        /// The arguments (including `output`).
-        args: Node,
-    },
-    /// An instruction the reference refuses when it runs (null value, bad shape).
-    Invalid(String),
-}
-
 /// `when:` triggers.
 #[derive(Debug, Default)]
 pub struct When {
@@ -182,29 +102,40 @@ pub struct Automation {
 }
 
 impl Automation {
-    /// Visits every call instruction (for `validate`'s unknown-slug check).
-    pub fn calls(&self) -> Vec<(&str, usize)> {
-        fn walk<'a>(body: &'a [Instruction], out: &mut Vec<(&'a str, usize)>) {
-            for i in body {
-                match &i.kind {
-                    Kind::Call { slug, .. } => out.push((slug, i.line)),
-                    Kind::Conditions { branches, default } => {
-                        for (_, b) in branches {
-                            walk(b, out);
-                        }
-                        if let Some(d) = default {
-                            walk(d, out);
-                        }
-                    }
-                    Kind::Repeat { body, .. } => walk(body, out),
-                    Kind::All(list) => walk(list, out),
-                    _ => {}
-                }
-            }
-        }
+    /// Every call of another automation in the body, with the place of its name
+    /// (for `validate`'s unknown-slug check).
+    pub fn calls(&self) -> Vec<(&str, &Span)> {
         let mut out = Vec::new();
-        walk(&self.body, &mut out);
+        for i in &self.body {
+            i.calls(&mut out);
+        }
         out
+    }
+}
+
+/// Where an instruction or argument sits: its file, 1-based line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span {
+    /// The file it was read from.
+    pub file: Arc<Path>,
+    /// 1-based line (0 when unknown).
+    pub line: usize,
+    /// 1-based column (0 when unknown).
+    pub col: usize,
+}
+
+/// `file.yml:line:col`, the file by its name alone: run-time errors reach webhook
+/// callers, who have no business knowing where the server keeps its files.
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.file.file_name().unwrap_or(self.file.as_os_str());
+        write!(
+            f,
+            "{}:{}:{}",
+            name.to_string_lossy(),
+            self.line.max(1),
+            self.col.max(1)
+        )
     }
 }
 
@@ -235,6 +166,18 @@ impl fmt::Display for Diagnostic {
 }
 
 impl std::error::Error for Diagnostic {}
+
+impl Diagnostic {
+    /// A diagnostic at `span`.
+    pub fn at(span: &Span, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            file: span.file.to_path_buf(),
+            line: span.line,
+            column: span.col,
+            message: message.into(),
+        }
+    }
+}
 
 /// Shared handle to a compiled automation.
 pub type AutomationRef = Arc<Automation>;

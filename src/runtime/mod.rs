@@ -12,13 +12,16 @@ mod contexts;
 mod error;
 mod exec;
 mod fetch;
+mod instructions;
 mod receipts;
 mod redact;
 #[cfg(test)]
 mod tests;
+mod vars;
 
 pub use contexts::RunState;
 pub use error::{ErrorKind, ExecError};
+pub use instructions::{Instruction, NAMES as INSTRUCTIONS};
 pub use redact::{RedactedStderr, Redactor};
 
 use crate::bus::{Bus, BusError, Event, EventHandler, Receipt, EXECUTED};
@@ -511,34 +514,17 @@ impl Inner {
             redact::trigger_payload(&x.locals, &secret_args, headers)
         });
         let locals = std::mem::take(&mut x.locals);
-        let exec = exec::Exec {
-            rt: self,
-            ws: &x.ws,
-            automation: &x.automation,
-            run: &x.run,
-            limits,
-            locals: Mutex::new(locals),
-            depth: x.depth + 1,
-            trigger: &x.trigger,
-            throttled,
-            meter: budget::Meter::starting_at(x.instructions),
-            sizes: Mutex::default(),
-            sized: AtomicBool::new(false),
-            receipts: receipts::Receipts::default(),
-        };
-        let flow = exec.block(&x.automation.body).await?;
-        // Before the output: a caller must not see success for events not stored.
-        exec.receipts.collect().await?;
-        let output = exec.output()?;
-        let throttled = Duration::from_nanos(exec.throttled.load(Ordering::Relaxed));
+        let done = exec::Exec::new(self, &x, limits, locals, throttled)
+            .run()
+            .await?;
         let outcome = Outcome {
-            output,
-            broke: flow != exec::Flow::Continue,
-            stop_callers: flow == exec::Flow::Break { all: true },
-            throttled,
+            output: done.output,
+            broke: done.flow != exec::Flow::Continue,
+            stop_callers: done.flow == exec::Flow::Break { all: true },
+            throttled: done.throttled,
             // Waits on a test's simulated clock count as if they had been real.
             duration: started.elapsed() + (self.limits.simulated() - simulated),
-            instructions: exec.meter.count(),
+            instructions: done.instructions,
         };
         if let (Some(payload), Some(started_at)) = (trigger_payload, started_at) {
             self.executed(&x, &outcome, payload, started_at);

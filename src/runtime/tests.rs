@@ -314,10 +314,9 @@ async fn repeat_on_a_huge_number_iterates_lazily_until_the_instruction_budget() 
         .unwrap_err();
     assert_eq!(budget_of(&e), "max_instructions");
     assert!(e.message.contains("more than 10000 instructions"), "{e}");
-    assert!(
-        e.location.as_deref().unwrap_or("").contains("main"),
-        "{e:?}"
-    );
+    assert_eq!(e.automation.as_deref(), Some("main"), "{e:?}");
+    let at = e.span.as_ref().map(|s| (s.line, s.col));
+    assert_eq!(at, Some((2, 5)), "{e:?}");
 }
 
 #[tokio::test]

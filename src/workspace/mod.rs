@@ -182,7 +182,6 @@ pub fn load_with(
     let mut automations: HashMap<String, Arc<Automation>> = HashMap::new();
     let mut diagnostics = Vec::new();
     // Kept to locate calls to missing automations once every slug is known.
-    let mut texts: HashMap<PathBuf, String> = HashMap::new();
     for file in files {
         let text = match read_bounded(&file, max_file_bytes) {
             Ok(t) => t,
@@ -218,7 +217,6 @@ pub fn load_with(
                     continue;
                 }
                 automations.insert(a.slug.clone(), Arc::new(a));
-                texts.insert(file, text);
             }
             Err(d) => errors.push(d),
         }
@@ -226,7 +224,7 @@ pub fn load_with(
     if !errors.is_empty() {
         return Err(errors);
     }
-    diagnostics.extend(missing_calls(&automations, &texts));
+    diagnostics.extend(missing_calls(&automations));
     let mut listeners: HashMap<String, Vec<Arc<Automation>>> = HashMap::new();
     let mut endpoints: HashMap<String, Vec<Arc<Automation>>> = HashMap::new();
     let mut sorted: Vec<&Arc<Automation>> = automations.values().collect();
@@ -260,32 +258,30 @@ pub fn load_with(
 }
 
 /// The calls to automations that are not in `automations` (or are disabled),
-/// each located at the callee's name in its file.
-fn missing_calls(
-    automations: &HashMap<String, Arc<Automation>>,
-    texts: &HashMap<PathBuf, String>,
-) -> Vec<Diagnostic> {
+/// each at the callee's name in its file, with the closest instruction or
+/// automation name: in DSUL a misspelt instruction is a call.
+fn missing_calls(automations: &HashMap<String, Arc<Automation>>) -> Vec<Diagnostic> {
     let mut found = Vec::new();
     let mut sorted: Vec<&Arc<Automation>> = automations.values().collect();
     sorted.sort_by(|a, b| a.slug.cmp(&b.slug));
-    for a in sorted {
-        for (callee, line) in a.calls() {
-            if automations.get(callee).is_some_and(|c| !c.disabled) {
-                continue;
-            }
-            let column = texts
-                .get(&a.file)
-                .and_then(|t| t.lines().nth(line.checked_sub(1)?))
-                .and_then(|l| l.find(callee).map(|at| l[..at].chars().count() + 1))
-                .unwrap_or(0);
-            found.push(Diagnostic {
-                file: a.file.clone(),
-                line,
-                column,
-                message: format!(
-                    "`{callee}` is neither an instruction nor an automation of this workspace"
+    let mut valid: Vec<&str> = crate::runtime::INSTRUCTIONS.to_vec();
+    valid.extend(
+        sorted
+            .iter()
+            .filter(|a| !a.disabled)
+            .map(|a| a.slug.as_str()),
+    );
+    for a in &sorted {
+        for (callee, span) in a.calls() {
+            let message = match automations.get(callee) {
+                Some(c) if !c.disabled => continue,
+                Some(_) => format!("automation `{callee}` is disabled, so it cannot be called"),
+                None => format!(
+                    "unknown instruction or automation `{callee}`{}",
+                    crate::dsl::one_of(callee, &valid)
                 ),
-            });
+            };
+            found.push(Diagnostic::at(span, message));
         }
     }
     found
@@ -414,7 +410,8 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(
             found[0].ends_with(
-                "a.yml:3:5: `nobody` is neither an instruction nor an automation of this workspace"
+                "a.yml:3:5: unknown instruction or automation `nobody`; expected one of set, \
+                 delete, conditions, repeat, all, break, emit, wait, fetch, comment, a, b"
             ),
             "{found:?}"
         );
