@@ -10,7 +10,7 @@ use crate::bus::{Bus, EmbeddedBus};
 use crate::config::Settings;
 use crate::dsl::Diagnostic;
 use crate::http::{router, AppState, Shutdown};
-use crate::runtime::{Runtime, Start, Trigger};
+use crate::runtime::{Runtime, Start};
 use crate::workspace::{Change, Watcher, Workspace};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -215,15 +215,7 @@ pub async fn run_schedules(runtime: Runtime, mut stop: watch::Receiver<bool>) {
                         return;
                     }
                 }
-                let start = Start {
-                    workspace: ws.clone(),
-                    slug: slug.clone(),
-                    payload: Default::default(),
-                    trigger: Trigger::new("schedule", expr.as_str()),
-                    correlation_id: None,
-                    depth: 0,
-                    http: None,
-                };
+                let start = Start::schedule(&ws, &slug, &expr);
                 if let Err(e) = runtime.run(start).await {
                     tracing::warn!(workspace = %ws, slug = %slug, error = %e, "scheduled run failed");
                 }

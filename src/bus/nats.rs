@@ -26,7 +26,7 @@ use super::feeds::Feeds;
 use super::{Bus, BusError, Event, EventFilter, EventHandler, Receipt, Waiter, Watch};
 use crate::config::NatsSettings;
 use crate::metrics::Metrics;
-use crate::value::{Map, Value};
+use crate::value::Value;
 use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream, AckKind};
@@ -82,23 +82,18 @@ struct Wire {
     #[serde(rename = "type")]
     kind: String,
     payload: serde_json::Value,
-    source: serde_json::Map<String, serde_json::Value>,
+    source: super::Source,
     #[serde(rename = "createdAt")]
     created_at: String,
 }
 
 fn encode(event: &Event) -> Result<Vec<u8>, BusError> {
-    let source = event
-        .source
-        .iter()
-        .map(|(k, v)| (k.clone(), v.to_json()))
-        .collect();
     let wire = Wire {
         id: event.id.clone(),
         workspace: event.workspace.clone(),
         kind: event.kind.clone(),
         payload: event.payload.to_json(),
-        source,
+        source: event.source.clone(),
         created_at: event.created_at.clone(),
     };
     serde_json::to_vec(&wire).map_err(|e| BusError::Refused(format!("encoding an event: {e}")))
@@ -106,17 +101,12 @@ fn encode(event: &Event) -> Result<Vec<u8>, BusError> {
 
 fn decode(bytes: &[u8]) -> Result<Event, serde_json::Error> {
     let wire: Wire = serde_json::from_slice(bytes)?;
-    let source: Map = wire
-        .source
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::from_json(v)))
-        .collect();
     Ok(Event {
         id: wire.id,
         workspace: wire.workspace,
         kind: wire.kind,
         payload: Value::from_json(&wire.payload),
-        source,
+        source: wire.source,
         created_at: wire.created_at,
     })
 }
@@ -602,10 +592,9 @@ impl Puller {
                 earlier_deliveries = delivered - 1,
                 "event redelivered: its listeners may have run before"
             );
-            let earlier = Value::Number((delivered - 1) as f64);
-            event.source.insert("redelivered".into(), earlier);
+            event.source.redelivered = Some(delivered.saturating_sub(1) as u32);
         } else {
-            event.source.shift_remove("redelivered");
+            event.source.redelivered = None;
         }
         let delivery = Arc::new(Delivery {
             client: self.client.clone(),
@@ -849,9 +838,11 @@ mod tests {
 
     #[test]
     fn events_survive_the_wire() {
-        let mut source = Map::new();
-        source.insert("correlationId".into(), Value::str("c1"));
-        source.insert("depth".into(), Value::Number(2.0));
+        let source = crate::bus::Source {
+            correlation_id: Some("c1".into()),
+            depth: Some(2),
+            ..Default::default()
+        };
         let event = Event {
             id: "e1".into(),
             workspace: "ws".into(),

@@ -13,7 +13,7 @@ pub use listen::{serve, Shutdown};
 
 use crate::bus::{check_event_type, BusError, Watch};
 use crate::config::Settings;
-use crate::runtime::{Redactor, Runtime, Start, Trigger};
+use crate::runtime::{Redactor, Runtime, Start, Trigger, TriggerKind};
 use crate::value::{Map, Value};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -188,26 +188,29 @@ async fn webhook(
     let path = format!("/v2/workspaces/{ws}/webhooks/{name}");
     let gone = CallerGone(Arc::default());
     // Several automations may share an endpoint: all run, the first one answers.
-    let starts: Vec<Start> = automations
-        .iter()
-        .map(|a| Start {
-            workspace: ws.clone(),
-            slug: a.slug.clone(),
-            payload: payload.clone(),
-            trigger: Trigger {
+    let starts: Vec<_> = automations
+        .into_iter()
+        .map(|a| {
+            let trigger = Trigger {
                 caller_gone: Some(gone.0.clone()),
-                ..Trigger::new("endpoint", name.as_str())
-            },
-            correlation_id: None,
-            depth: 0,
-            http: Some((method.to_string(), path.clone())),
+                ..Trigger::new(TriggerKind::Endpoint, name.as_str())
+            };
+            let start = Start {
+                http: Some((method.to_string(), path.clone())),
+                ..Start::new(&ws, &a.slug, trigger).with_payload(payload.clone())
+            };
+            (a, start)
         })
         .collect();
     let runtime = state.runtime.clone();
+    let resolved = workspace.clone();
     // The runs belong to the server, not to this request: a caller that hangs
     // up must not leave an automation half-applied.
     let runs = state.shutdown.spawn(async move {
-        futures::future::join_all(starts.into_iter().map(|s| runtime.run(s))).await
+        let runs = starts
+            .into_iter()
+            .map(|(a, s)| runtime.run_resolved(resolved.clone(), a, s));
+        futures::future::join_all(runs).await
     });
     let mut results = match runs.await {
         Ok(Some(results)) => results.into_iter(),
@@ -441,7 +444,7 @@ mod tests {
             workspace: "ws".into(),
             kind: "tick".into(),
             payload: Value::empty_object(),
-            source: Map::new(),
+            source: Default::default(),
             created_at: String::new(),
         }
     }

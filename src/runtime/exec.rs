@@ -4,7 +4,7 @@
 
 use super::budget::{self, Meter};
 use super::vars::{delete_in_map, invalid_set, key_str, read_map, set_in_map, set_local, Mode};
-use super::{now_iso, ExecError, Execution, Inner, Outcome, Trigger};
+use super::{now_iso, ExecError, Execution, Inner, Outcome, Trigger, TriggerKind};
 use crate::bus::{Event, EventFilter, Waiter};
 use crate::config::Settings;
 use crate::dsl::Span;
@@ -408,7 +408,7 @@ impl<'a> Exec<'a> {
                 locals,
                 run: self.x.run.clone(),
                 depth: self.depth,
-                trigger: Trigger::new("automation", self.x.automation.slug.as_str()),
+                trigger: Trigger::new(TriggerKind::Automation, self.x.automation.slug.as_str()),
                 http: None,
                 instructions: started,
             })
@@ -422,17 +422,7 @@ impl<'a> Exec<'a> {
     /// An event from this execution: its source carries the correlation id and
     /// the depth, so listeners share `run` and emit loops end (DSUL §2).
     pub(crate) fn event(&self, kind: &str, payload: Value) -> Event {
-        let mut source = Map::with_capacity(4);
-        source.insert(
-            "correlationId".into(),
-            Value::str(self.x.run.correlation_id.as_str()),
-        );
-        source.insert("workspaceId".into(), Value::str(self.x.ws.id.as_str()));
-        source.insert(
-            "automationSlug".into(),
-            Value::str(self.x.automation.slug.as_str()),
-        );
-        source.insert("depth".into(), Value::Number(self.depth as f64));
+        let source = self.x.source(Some(self.depth));
         self.rt.event(&self.x.ws.id, kind, payload, source)
     }
 

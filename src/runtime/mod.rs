@@ -24,7 +24,7 @@ pub use error::{ErrorKind, ExecError};
 pub use instructions::{Instruction, NAMES as INSTRUCTIONS};
 pub use redact::{RedactedStderr, Redactor};
 
-use crate::bus::{Bus, BusError, Event, EventHandler, Receipt, EXECUTED};
+use crate::bus::{Bus, BusError, Event, EventHandler, Host, HttpSource, Receipt, Source, EXECUTED};
 use crate::config::Settings;
 use crate::dsl::Automation;
 use crate::limits::{LimitKind, Limiters};
@@ -38,11 +38,36 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
+/// What kind of thing started an execution (`run.trigger.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerKind {
+    /// An HTTP request to a webhook (or `sluice run`).
+    Endpoint,
+    /// An event the automation listens to.
+    Event,
+    /// A tick of one of its schedules.
+    Schedule,
+    /// A call from another automation.
+    Automation,
+}
+
+impl TriggerKind {
+    /// The name automations and executed events see.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerKind::Endpoint => "endpoint",
+            TriggerKind::Event => "event",
+            TriggerKind::Schedule => "schedule",
+            TriggerKind::Automation => "automation",
+        }
+    }
+}
+
 /// What started an execution (`run.trigger`).
 #[derive(Debug, Clone)]
 pub struct Trigger {
-    /// `endpoint`, `event`, `schedule` or `automation`.
-    pub kind: &'static str,
+    /// Endpoint, event, schedule or automation.
+    pub kind: TriggerKind,
     /// Endpoint name, event type, cron expression or caller slug.
     pub value: String,
     /// For events: the triggering event's id.
@@ -54,7 +79,7 @@ pub struct Trigger {
 
 impl Trigger {
     /// A trigger of `kind` with `value`.
-    pub fn new(kind: &'static str, value: impl Into<String>) -> Trigger {
+    pub fn new(kind: TriggerKind, value: impl Into<String>) -> Trigger {
         Trigger {
             kind,
             value: value.into(),
@@ -65,7 +90,7 @@ impl Trigger {
 
     fn to_value(&self) -> Value {
         let mut m = Map::with_capacity(3);
-        m.insert("type".into(), Value::str(self.kind));
+        m.insert("type".into(), Value::str(self.kind.as_str()));
         m.insert("value".into(), Value::str(self.value.as_str()));
         if let Some(id) = &self.event_id {
             m.insert("id".into(), Value::str(id.as_str()));
@@ -111,17 +136,32 @@ pub struct Start {
 }
 
 impl Start {
-    /// A webhook-style start of `slug` with an empty payload and a new correlation id.
-    pub fn endpoint(workspace: &str, slug: &str) -> Start {
+    /// A start of `slug` by `trigger`, with an empty payload and a new correlation id.
+    pub fn new(workspace: &str, slug: &str, trigger: Trigger) -> Start {
         Start {
             workspace: workspace.to_string(),
             slug: slug.to_string(),
             payload: Map::new(),
-            trigger: Trigger::new("endpoint", slug),
+            trigger,
             correlation_id: None,
             depth: 0,
             http: None,
         }
+    }
+
+    /// A webhook-style start of `slug` (as `sluice run` does).
+    pub fn endpoint(workspace: &str, slug: &str) -> Start {
+        Start::new(workspace, slug, Trigger::new(TriggerKind::Endpoint, slug))
+    }
+
+    /// A start of `slug` by a tick of its schedule `cron`.
+    pub fn schedule(workspace: &str, slug: &str, cron: &str) -> Start {
+        Start::new(workspace, slug, Trigger::new(TriggerKind::Schedule, cron))
+    }
+
+    /// The same start with `payload` as its local variables.
+    pub fn with_payload(self, payload: Map) -> Start {
+        Start { payload, ..self }
     }
 }
 
@@ -331,10 +371,19 @@ impl Runtime {
                 format!("Automation not found: {}", start.slug),
             )
         })?;
-        let correlation_id = start
-            .correlation_id
-            .clone()
-            .unwrap_or_else(|| self.inner.new_id());
+        self.run_resolved(ws, automation, start).await
+    }
+
+    /// [`Runtime::run`] of an automation its caller already found (a webhook
+    /// resolves its endpoint's automations): the names in `start` are not
+    /// looked up again.
+    pub async fn run_resolved(
+        &self,
+        ws: Arc<Workspace>,
+        automation: Arc<Automation>,
+        start: Start,
+    ) -> Result<Outcome, ExecError> {
+        let correlation_id = start.correlation_id.unwrap_or_else(|| self.inner.new_id());
         let run = self.inner.runs.get(&correlation_id);
         self.inner
             .execute(Execution {
@@ -376,12 +425,11 @@ impl Runtime {
         kind: &str,
         payload: Value,
     ) -> Result<(), BusError> {
-        let mut source = Map::new();
-        source.insert("workspaceId".into(), Value::str(workspace));
-        source.insert(
-            "correlationId".into(),
-            Value::str(self.inner.new_id().as_str()),
-        );
+        let source = Source {
+            correlation_id: Some(self.inner.new_id()),
+            workspace_id: Some(workspace.to_string()),
+            ..Source::default()
+        };
         let mut event = self.inner.event(workspace, kind, payload, source);
         event.id = id;
         self.inner.record(&event);
@@ -402,6 +450,19 @@ struct Execution {
     instructions: u64,
 }
 
+impl Execution {
+    /// The source of events this execution sends, at call depth `depth`.
+    fn source(&self, depth: Option<u32>) -> Source {
+        Source {
+            correlation_id: Some(self.run.correlation_id.clone()),
+            workspace_id: Some(self.ws.id.clone()),
+            automation_slug: Some(self.automation.slug.clone()),
+            depth,
+            ..Source::default()
+        }
+    }
+}
+
 impl Inner {
     fn http(&self) -> Result<&fetch::Client, ExecError> {
         if let Some(c) = self.http.get() {
@@ -416,7 +477,7 @@ impl Inner {
         format!("{:08x}{:08x}", rand::random::<u32>(), n as u32)
     }
 
-    fn event(&self, workspace: &str, kind: &str, payload: Value, source: Map) -> Event {
+    fn event(&self, workspace: &str, kind: &str, payload: Value, source: Source) -> Event {
         Event {
             id: self.new_id(),
             workspace: workspace.to_string(),
@@ -533,26 +594,17 @@ impl Inner {
     }
 
     fn executed(&self, x: &Execution, o: &Outcome, payload: Map, started_at: String) {
-        let mut source = Map::new();
-        source.insert(
-            "correlationId".into(),
-            Value::str(x.run.correlation_id.as_str()),
-        );
-        source.insert("workspaceId".into(), Value::str(x.ws.id.as_str()));
-        source.insert(
-            "automationSlug".into(),
-            Value::str(x.automation.slug.as_str()),
-        );
-        if let Some((method, path)) = &x.http {
-            let mut http = Map::new();
-            http.insert("method".into(), Value::str(method.as_str()));
-            http.insert("path".into(), Value::str(path.as_str()));
-            source.insert("http".into(), Value::object(http));
-        }
-        let mut host = Map::new();
-        host.insert("replica".into(), Value::str(self.replica.as_str()));
-        host.insert("service".into(), Value::str("sluice"));
-        source.insert("host".into(), Value::object(host));
+        let source = Source {
+            http: x.http.as_ref().map(|(method, path)| HttpSource {
+                method: method.clone(),
+                path: path.clone(),
+            }),
+            host: Some(Host {
+                replica: self.replica.clone(),
+                service: "sluice".into(),
+            }),
+            ..x.source(None)
+        };
         let mut p = Map::new();
         p.insert("slug".into(), Value::str(x.automation.slug.as_str()));
         p.insert("payload".into(), Value::object(payload));
@@ -608,19 +660,20 @@ impl EventHandler for Listeners {
                 let mut locals = Map::with_capacity(3);
                 locals.insert("payload".into(), event.payload.clone());
                 locals.insert("id".into(), Value::str(event.id.as_str()));
-                locals.insert("source".into(), Value::object(event.source.clone()));
+                locals.insert("source".into(), event.source.to_value());
                 let correlation_id = event
-                    .correlation_id()
-                    .map(str::to_string)
+                    .source
+                    .correlation_id
+                    .clone()
                     .unwrap_or_else(|| inner.new_id());
                 let x = Execution {
                     ws: ws.clone(),
                     automation: automation.clone(),
                     locals,
                     run: inner.runs.get(&correlation_id),
-                    depth: event.depth(),
+                    depth: event.source.depth.unwrap_or(0),
                     trigger: Trigger {
-                        kind: "event",
+                        kind: TriggerKind::Event,
                         value: event.kind.clone(),
                         event_id: Some(event.id.clone()),
                         caller_gone: None,

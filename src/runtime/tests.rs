@@ -257,7 +257,7 @@ async fn executed_event_has_the_spec_shape() {
     assert_eq!(p["break"], false);
     assert!(p["duration"].is_u64());
     assert!(p.get("throttled").is_none());
-    let s = Value::object(e.source.clone()).to_json();
+    let s = e.source.to_value().to_json();
     assert_eq!(s["workspaceId"], "ws");
     assert_eq!(s["automationSlug"], "main");
     assert_eq!(s["host"]["service"], "sluice");

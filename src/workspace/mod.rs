@@ -51,8 +51,41 @@ pub struct Workspace {
 impl Workspace {
     /// The enabled automation with this slug.
     pub fn automation(&self, slug: &str) -> Option<&Arc<Automation>> {
-        self.automations.get(slug).filter(|a| !a.disabled)
+        callable(&self.automations, slug)
     }
+
+    /// The enabled automation with this slug, or why there is none, naming the
+    /// ones there are (for `sluice run`).
+    pub fn require(&self, slug: &str) -> Result<&Arc<Automation>, String> {
+        self.automation(slug).ok_or_else(|| {
+            let slugs = enabled_slugs(&self.automations);
+            let known = if slugs.is_empty() {
+                "; it has no enabled automation".to_string()
+            } else {
+                crate::dsl::one_of(slug, &slugs)
+            };
+            format!("no automation `{slug}` in workspace {}{known}", self.id)
+        })
+    }
+}
+
+/// The one rule for running or calling an automation: it exists and is enabled.
+fn callable<'a>(
+    automations: &'a HashMap<String, Arc<Automation>>,
+    slug: &str,
+) -> Option<&'a Arc<Automation>> {
+    automations.get(slug).filter(|a| !a.disabled)
+}
+
+/// The slugs of the enabled automations, sorted.
+fn enabled_slugs(automations: &HashMap<String, Arc<Automation>>) -> Vec<&str> {
+    let mut slugs: Vec<&str> = automations
+        .values()
+        .filter(|a| !a.disabled)
+        .map(|a| a.slug.as_str())
+        .collect();
+    slugs.sort_unstable();
+    slugs
 }
 
 /// Whether `id` is a valid workspace id (`[A-Za-z0-9_-]{1,64}`).
@@ -265,16 +298,13 @@ fn missing_calls(automations: &HashMap<String, Arc<Automation>>) -> Vec<Diagnost
     let mut sorted: Vec<&Arc<Automation>> = automations.values().collect();
     sorted.sort_by(|a, b| a.slug.cmp(&b.slug));
     let mut valid: Vec<&str> = crate::runtime::INSTRUCTIONS.to_vec();
-    valid.extend(
-        sorted
-            .iter()
-            .filter(|a| !a.disabled)
-            .map(|a| a.slug.as_str()),
-    );
+    valid.extend(enabled_slugs(automations));
     for a in &sorted {
         for (callee, span) in a.calls() {
+            if callable(automations, callee).is_some() {
+                continue;
+            }
             let message = match automations.get(callee) {
-                Some(c) if !c.disabled => continue,
                 Some(_) => format!("automation `{callee}` is disabled, so it cannot be called"),
                 None => format!(
                     "unknown instruction or automation `{callee}`{}",
