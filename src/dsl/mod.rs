@@ -1,5 +1,10 @@
 //! The DSUL automation model: YAML in, compiled automations out.
 //!
+//! This module owns the YAML reading, the [`Locator`] that finds where a value
+//! sits, the compile driver ([`Compiler`]) and the [`Diagnostic`]s; each
+//! instruction's own parsing and checks live beside its execution, in
+//! `runtime::instructions`, which the driver calls by name.
+//!
 //! Every string of an automation is parsed once here (templates and expressions
 //! pre-compiled), so executions never re-parse text. Mistakes that the reference
 //! runtime only reports when the instruction runs (a bad expression, a null

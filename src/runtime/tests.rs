@@ -320,6 +320,22 @@ async fn repeat_on_a_huge_number_iterates_lazily_until_the_instruction_budget() 
 }
 
 #[tokio::test]
+async fn a_run_time_error_points_at_the_instruction_that_failed() {
+    let f = fixture(&[(
+        "main",
+        "do:\n  - set: {name: a, value: 1}\n  - conditions:\n      'true':\n        - set: {name: b, value: 2}\n        - set: {name: '{{missing}}', value: 1}\n",
+    )]);
+    let e = f.run("main", json!({})).await.unwrap_err();
+    let at = e.span.as_ref().map(|s| (s.line, s.col));
+    assert_eq!(at, Some((6, 11)), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("automation `main` (main.yml:6:11): Invalid set instruction"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
 async fn bad_loop_counts_and_wait_timeouts_fail_clearly() {
     let f = fixture(&[
         ("on", "do:\n  - repeat: {on: '{{body.n}}', do: []}\n"),
