@@ -786,10 +786,7 @@ fn run_workspace(files: Vec<(&'static str, String)>, payload: Map) -> Result<Str
     let described = tokio.block_on(async move {
         let rt = Runtime::new(settings, Arc::new(EmbeddedBus::new())).expect("runtime");
         rt.install(workspace);
-        let start = Start {
-            payload,
-            ..Start::endpoint("ws", "main")
-        };
+        let start = Start::endpoint("ws", "main").with_payload(payload);
         let result = rt.run(start).await;
         rt.bus().settled().await;
         match result {

@@ -31,13 +31,11 @@ fn fixture_with(files: &[(&str, &str)], tune: impl FnOnce(&mut Settings)) -> Fix
 }
 
 fn start(slug: &str, payload: J) -> Start {
-    Start {
-        payload: match Value::from(payload) {
-            Value::Object(m) => (*m).clone(),
-            _ => Map::new(),
-        },
-        ..Start::endpoint("ws", slug)
-    }
+    let payload = match Value::from(payload) {
+        Value::Object(m) => (*m).clone(),
+        _ => Map::new(),
+    };
+    Start::endpoint("ws", slug).with_payload(payload)
 }
 
 impl Fixture {

@@ -35,7 +35,7 @@ impl Instr for All {
     ) -> Result<impl Future<Output = Result<Flow, ExecError>> + Send + 'a, ExecError> {
         // Nothing of its own to interpolate: an `all` nested in an `all`
         // interpolates its branches when it starts.
-        Ok(async move {
+        Ok(Box::pin(async move {
             let runs = self
                 .list
                 .iter()
@@ -49,7 +49,7 @@ impl Instr for All {
                 }
             }
             Ok(flow)
-        })
+        }))
     }
 
     fn blocks(&self) -> Vec<&[Instruction]> {

@@ -50,7 +50,7 @@ impl Call {
         x: &'a Exec<'a>,
     ) -> Result<impl Future<Output = Result<Flow, ExecError>> + Send + 'a, ExecError> {
         let args = self.args.eval(x)?;
-        Ok(async move {
+        Ok(Box::pin(async move {
             let output = args
                 .as_object()
                 .and_then(|m| m.get("output"))
@@ -67,6 +67,6 @@ impl Call {
             } else {
                 Flow::Continue
             })
-        })
+        }))
     }
 }

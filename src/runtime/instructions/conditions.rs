@@ -51,7 +51,7 @@ impl Instr for Conditions {
         &'a self,
         x: &'a Exec<'a>,
     ) -> Result<impl Future<Output = Result<Flow, ExecError>> + Send + 'a, ExecError> {
-        Ok(async move {
+        Ok(Box::pin(async move {
             for (expr, body) in &self.branches {
                 let expr = expr.as_ref().map_err(|e| ExecError::from(e.clone()))?;
                 if expr.eval(x)?.truthy() {
@@ -62,7 +62,7 @@ impl Instr for Conditions {
                 Some(body) => x.block(body).await,
                 None => Ok(Flow::Continue),
             }
-        })
+        }))
     }
 
     fn blocks(&self) -> Vec<&[Instruction]> {

@@ -61,11 +61,11 @@ impl Instr for Emit {
         let event = self.event.as_ref().map(|n| n.eval(x)).transpose()?;
         let payload = eval(&self.payload, x)?;
         let output = eval(&self.output, x)?;
-        Ok(async move {
+        Ok(Box::pin(async move {
             let sent = emit(x, event, payload).await?;
             store_output(x, &output, sent)?;
             Ok(Flow::Continue)
-        })
+        }))
     }
 }
 

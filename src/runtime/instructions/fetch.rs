@@ -16,6 +16,7 @@ use std::future::Future;
 /// Native event sent when a fetch gets a 4xx/5xx answer.
 const FETCH_FAILED: &str = "runtime.fetch.failed";
 
+/// The fields `fetch` takes, for diagnostics (in [`Args`] order).
 const FIELDS: &[&str] = &[
     "url",
     "method",
@@ -30,63 +31,103 @@ const FIELDS: &[&str] = &[
     "output",
 ];
 
-/// A compiled `fetch`: one node per field, in [`FIELDS`] order (boxed: a
-/// fetch is rare and large, and every instruction is as large as the largest).
-#[derive(Debug)]
-pub(crate) struct Fetch {
-    fields: Box<[Option<Node>; FIELDS.len()]>,
+/// The arguments of a `fetch`: compiled nodes in the instruction, values once
+/// interpolated.
+#[derive(Debug, Default)]
+struct Args<T> {
+    url: T,
+    method: T,
+    headers: T,
+    query: T,
+    body: T,
+    multipart: T,
+    emit_errors: T,
+    output_mode: T,
+    stream: T,
+    output: T,
 }
 
-/// The interpolated arguments of one request, in [`FIELDS`] order.
-struct Request([Value; FIELDS.len()]);
+impl<T> Args<T> {
+    /// Where the field `name` goes; `None` for a field sluice accepts and
+    /// ignores (`prismeaiApiKey`: Prisme.ai's own API is out of scope).
+    fn slot(&mut self, name: &str) -> Result<Option<&mut T>, ()> {
+        Ok(Some(match name {
+            "url" => &mut self.url,
+            "method" => &mut self.method,
+            "headers" => &mut self.headers,
+            "query" => &mut self.query,
+            "body" => &mut self.body,
+            "multipart" => &mut self.multipart,
+            "emitErrors" => &mut self.emit_errors,
+            "outputMode" => &mut self.output_mode,
+            "stream" => &mut self.stream,
+            "output" => &mut self.output,
+            "prismeaiApiKey" => return Ok(None),
+            _ => return Err(()),
+        }))
+    }
 
-impl Request {
-    fn get(&self, field: &str) -> &Value {
-        let at = FIELDS.iter().position(|f| *f == field);
-        at.map_or(&Value::Undefined, |i| &self.0[i])
+    fn try_map<U, E>(&self, f: impl Fn(&T) -> Result<U, E>) -> Result<Args<U>, E> {
+        Ok(Args {
+            url: f(&self.url)?,
+            method: f(&self.method)?,
+            headers: f(&self.headers)?,
+            query: f(&self.query)?,
+            body: f(&self.body)?,
+            multipart: f(&self.multipart)?,
+            emit_errors: f(&self.emit_errors)?,
+            output_mode: f(&self.output_mode)?,
+            stream: f(&self.stream)?,
+            output: f(&self.output)?,
+        })
     }
 }
+
+/// A compiled `fetch` (boxed: a fetch is rare and large, and every
+/// instruction takes the room of the largest).
+#[derive(Debug)]
+pub(crate) struct Fetch(Box<Args<Option<Node>>>);
+
+/// The interpolated arguments of one request.
+type Request = Args<Value>;
 
 impl Instr for Fetch {
     const NAME: &'static str = "fetch";
 
     fn compile(value: &Value, _: &Span, cx: &mut Compiler<'_>) -> Result<Fetch, String> {
         let m = mapping(value, "fetch", "`url`")?;
-        let mut fields: Box<[Option<Node>; FIELDS.len()]> = Box::default();
+        let mut args: Box<Args<Option<Node>>> = Box::default();
         for (field, v) in m.iter() {
-            match FIELDS.iter().position(|f| f == field) {
-                Some(i) => fields[i] = Some(cx.node(v)),
-                None => cx.unknown_field(field, "fetch", FIELDS),
+            match args.slot(field) {
+                Ok(Some(slot)) => *slot = Some(cx.node(v)),
+                Ok(None) => {}
+                Err(()) => cx.unknown_field(field, "fetch", FIELDS),
             }
         }
-        Ok(Fetch { fields })
+        Ok(Fetch(args))
     }
 
     fn execute<'a>(
         &'a self,
         x: &'a Exec<'a>,
     ) -> Result<impl Future<Output = Result<Flow, ExecError>> + Send + 'a, ExecError> {
-        let mut values: [Value; FIELDS.len()] = Default::default();
-        for (value, node) in values.iter_mut().zip(self.fields.iter()) {
-            *value = eval(node, x)?;
-        }
-        let request = Request(values);
-        Ok(async move {
+        let request = self.0.try_map(|node| eval(node, x))?;
+        Ok(Box::pin(async move {
             let response = fetch(x, &request).await?;
-            store_output(x, request.get("output"), response)?;
+            store_output(x, &request.output, response)?;
             Ok(Flow::Continue)
-        })
+        }))
     }
 }
 
 /// Sends the request and returns what `output` receives.
 async fn fetch(x: &Exec<'_>, request: &Request) -> Result<Value, ExecError> {
-    let url = match request.get("url") {
+    let url = match &request.url {
         Value::String(s) if !s.is_empty() => s.to_string(),
         _ => return Err(invalid("`url` is required")),
     };
     let method_name = request
-        .get("method")
+        .method
         .as_str()
         .unwrap_or("get")
         .to_ascii_uppercase();
@@ -94,7 +135,7 @@ async fn fetch(x: &Exec<'_>, request: &Request) -> Result<Value, ExecError> {
         .map_err(|_| invalid(format!("unknown method `{method_name}`")))?;
     let mut url =
         reqwest::Url::parse(&url).map_err(|e| invalid(format!("bad url `{url}`: {e}")))?;
-    if let Value::Object(query) = request.get("query") {
+    if let Value::Object(query) = &request.query {
         let mut pairs = url.query_pairs_mut();
         for (k, v) in query.iter() {
             match v {
@@ -111,7 +152,7 @@ async fn fetch(x: &Exec<'_>, request: &Request) -> Result<Value, ExecError> {
         }
     }
     let mut headers = HeaderMap::new();
-    if let Value::Object(h) = request.get("headers") {
+    if let Value::Object(h) = &request.headers {
         for (k, v) in h.iter() {
             let name = HeaderName::from_bytes(k.as_bytes())
                 .map_err(|_| invalid(format!("bad header name `{k}`")))?;
@@ -127,7 +168,7 @@ async fn fetch(x: &Exec<'_>, request: &Request) -> Result<Value, ExecError> {
     if let Ok(ws) = HeaderValue::from_str(x.workspace_id()) {
         headers.insert("x-prismeai-workspace-id", ws);
     }
-    let body = Some(request.get("body")).filter(|b| !b.is_undefined());
+    let body = Some(&request.body).filter(|b| !b.is_undefined());
     let body_bytes = match body {
         Some(b) if method != reqwest::Method::GET => {
             let ct = headers
@@ -155,7 +196,7 @@ async fn fetch(x: &Exec<'_>, request: &Request) -> Result<Value, ExecError> {
         }
         _ => None,
     };
-    let multipart = match request.get("multipart") {
+    let multipart = match &request.multipart {
         Value::List(parts) if method != reqwest::Method::GET => Some(form(parts)?),
         _ => None,
     };
@@ -165,18 +206,18 @@ async fn fetch(x: &Exec<'_>, request: &Request) -> Result<Value, ExecError> {
         .http(&method, &url, &headers, body_bytes, multipart)
         .await?;
 
-    let emit_errors = !matches!(request.get("emitErrors"), Value::Bool(false));
+    let emit_errors = !matches!(&request.emit_errors, Value::Bool(false));
     let body = decode_body(&response);
     if response.status >= 400 && emit_errors {
-        let mut request = Map::new();
-        request.insert("url".into(), Value::str(url.as_str()));
-        request.insert("method".into(), Value::str(method_name.as_str()));
+        let mut sent = Map::new();
+        sent.insert("url".into(), Value::str(url.as_str()));
+        sent.insert("method".into(), Value::str(method_name.as_str()));
         let mut resp = Map::new();
         resp.insert("status".into(), Value::Number(response.status as f64));
         resp.insert("body".into(), body.clone());
         resp.insert("headers".into(), Value::object(response.headers.clone()));
         let mut payload = Map::new();
-        payload.insert("request".into(), Value::object(request));
+        payload.insert("request".into(), Value::object(sent));
         payload.insert("response".into(), Value::object(resp));
         x.native_event(FETCH_FAILED, Value::object(payload))
             .await?;
@@ -192,13 +233,13 @@ async fn fetch(x: &Exec<'_>, request: &Request) -> Result<Value, ExecError> {
         if is_event_stream(&response.content_type) {
             // An SSE answer is a detailed response whose body lists the chunks
             // (`repeat on:` walks them); with `stream.event` each is also emitted.
-            if let Value::Object(stream) = request.get("stream") {
+            if let Value::Object(stream) = &request.stream {
                 emit_chunks(x, stream, chunks).await?;
             }
             return Ok(detailed(body.clone(), response.headers.clone()));
         }
     }
-    Ok(match request.get("outputMode").as_str() {
+    Ok(match request.output_mode.as_str() {
         Some("detailed_response") => detailed(body, response.headers.clone()),
         Some("data_url") => Value::str(format!(
             "data:{};base64,{}",

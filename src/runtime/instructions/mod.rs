@@ -31,7 +31,9 @@ pub(crate) trait Instr: Sized + Send + Sync + fmt::Debug {
     fn compile(value: &Value, span: &Span, cx: &mut Compiler<'_>) -> Result<Self, String>;
 
     /// Interpolates the arguments against the variables as they are now, and
-    /// returns the work still to do.
+    /// returns the work still to do. The future sits inline in the loop that
+    /// runs blocks, whose size is that of the largest instruction: one that
+    /// waits (I/O, limiters, nested blocks) returns it boxed.
     fn execute<'a>(
         &'a self,
         x: &'a Exec<'a>,

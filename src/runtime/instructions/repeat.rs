@@ -50,7 +50,7 @@ impl Instr for Repeat {
     ) -> Result<impl Future<Output = Result<Flow, ExecError>> + Send + 'a, ExecError> {
         let on = eval(&self.on, x)?;
         let until = eval(&self.until, x)?;
-        Ok(self.run(x, on, until))
+        Ok(Box::pin(self.run(x, on, until)))
     }
 
     fn blocks(&self) -> Vec<&[Instruction]> {

@@ -49,11 +49,11 @@ impl Instr for Wait {
         let one_of = eval(&self.one_of, x)?;
         let timeout = eval(&self.timeout, x)?;
         let output = eval(&self.output, x)?;
-        Ok(async move {
+        Ok(Box::pin(async move {
             let event = wait(x, one_of, &timeout).await?;
             store_output(x, &output, event)?;
             Ok(Flow::Continue)
-        })
+        }))
     }
 }
 
