@@ -681,6 +681,42 @@ mod tests {
     }
 
     #[test]
+    fn unknown_fields_and_a_literal_bad_set_type_are_located_at_their_key() {
+        let c = compile(
+            "do:\n  - set: {name: x, value: 1, type: merj}\n  - repeat:\n      until: 2\n      doo: []\n  - fetch: {url: 'http://x', methd: post}\n  - set: {name: y, type: '{{t}}'}\n",
+        );
+        let found: Vec<(usize, usize, &str)> = c
+            .diagnostics
+            .iter()
+            .map(|d| (d.line, d.column, d.message.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                (
+                    2,
+                    30,
+                    "Invalid set instruction: unknown type `merj` (expected replace, merge or push)"
+                ),
+                (
+                    5,
+                    7,
+                    "unknown field `doo` in repeat; did you mean `do`? expected one of on, until, do"
+                ),
+                (
+                    6,
+                    30,
+                    "unknown field `methd` in fetch; did you mean `method`? expected one of url, \
+                     method, headers, query, body, multipart, emitErrors, outputMode, stream, \
+                     prismeaiApiKey, output"
+                ),
+            ]
+        );
+        // The bad literal type still fails when the instruction runs; the rest runs.
+        assert!(c.automation.body.iter().all(|i| !i.is_invalid()));
+    }
+
+    #[test]
     fn endpoint_true_means_the_slug() {
         let c = compile("slug: s\nwhen:\n  endpoint: true\n  events: [a.b]\ndo: []\n");
         assert_eq!(c.automation.when.endpoint.as_deref(), Some(""));

@@ -419,6 +419,22 @@ mod tests {
     }
 
     #[test]
+    fn require_names_the_enabled_automations_with_the_closest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hello.yml"), "do: []\n").unwrap();
+        std::fs::write(dir.path().join("off.yml"), "disabled: true\ndo: []\n").unwrap();
+        let ws = load(dir.path(), None).unwrap();
+        assert!(ws.require("hello").is_ok());
+        let missing = ws.require("helo").err().unwrap_or_default();
+        assert!(
+            missing.ends_with("; did you mean `hello`? expected one of hello"),
+            "{missing}"
+        );
+        let disabled = ws.require("off").err().unwrap_or_default();
+        assert!(disabled.starts_with("no automation `off`"), "{disabled}");
+    }
+
+    #[test]
     fn a_call_to_a_missing_automation_is_a_located_diagnostic() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
