@@ -143,12 +143,12 @@ impl<'a> Exec<'a> {
 
     /// Runs the body, waits for the store answers of its emits, then evaluates
     /// `output` (a caller must not see success for events not stored).
-    pub(super) async fn run(self) -> Result<Finished, ExecError> {
+    pub(super) async fn run(&self) -> Result<Finished, ExecError> {
         let flow = self.block(&self.x.automation.body).await?;
         self.receipts.collect().await?;
         let output = match &self.x.automation.output {
             None => Value::empty_object(),
-            Some(node) => node.eval(&self)?,
+            Some(node) => node.eval(self)?,
         };
         Ok(Finished {
             flow,

@@ -454,9 +454,10 @@ impl Inner {
             redact::trigger_payload(&x.locals, &secret_args, headers)
         });
         let locals = std::mem::take(&mut x.locals);
-        let done = exec::Exec::new(self, &x, limits, locals, throttled)
-            .run()
-            .await?;
+        // A local that the body borrows: the execution's state is large, and
+        // moving it into a future would copy it on every run.
+        let exec = exec::Exec::new(self, &x, limits, locals, throttled);
+        let done = exec.run().await?;
         let outcome = Outcome {
             output: done.output,
             broke: done.flow != exec::Flow::Continue,
