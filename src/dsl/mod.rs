@@ -22,7 +22,6 @@ pub use locate::Locator;
 pub use suggest::{did_you_mean, one_of};
 
 use crate::expr::{ExprError, Scope, Template};
-use crate::runtime::Instruction;
 use crate::value::{Map, Value};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -85,9 +84,23 @@ pub struct When {
     pub schedules: Vec<(String, croner::Cron)>,
 }
 
-/// A compiled automation.
+/// The instructions a `do` list compiles into. `runtime` defines them (each
+/// beside its execution); this module only drives their compilation, so it
+/// depends on no interpreter.
+pub trait Compile: Sized {
+    /// Compiles the instruction `name: value` written at `span`; mistakes are
+    /// reported to `cx` and compile into an instruction that fails when reached.
+    fn compile(name: &str, value: &Value, span: Span, cx: &mut Compiler<'_, Self>) -> Self;
+    /// An instruction that fails with `message` when it runs.
+    fn invalid(span: Span, message: String) -> Self;
+    /// Adds the calls of other automations in this instruction and the ones
+    /// nested in it, with the place of each callee's name.
+    fn calls<'a>(&'a self, out: &mut Vec<(&'a str, &'a Span)>);
+}
+
+/// A compiled automation whose body holds instructions of type `I`.
 #[derive(Debug)]
-pub struct Automation {
+pub struct Automation<I> {
     /// Unique id in its workspace.
     pub slug: String,
     /// The file it was read from.
@@ -101,12 +114,12 @@ pub struct Automation {
     /// A disabled automation cannot be triggered nor called.
     pub disabled: bool,
     /// The body.
-    pub body: Vec<Instruction>,
+    pub body: Vec<I>,
     /// The `output` value; `{}` when absent.
     pub output: Option<Node>,
 }
 
-impl Automation {
+impl<I: Compile> Automation<I> {
     /// Every call of another automation in the body, with the place of its name
     /// (for `validate`'s unknown-slug check).
     pub fn calls(&self) -> Vec<(&str, &Span)> {
@@ -183,6 +196,3 @@ impl Diagnostic {
         }
     }
 }
-
-/// Shared handle to a compiled automation.
-pub type AutomationRef = Arc<Automation>;

@@ -27,12 +27,14 @@ mod vars;
 pub use contexts::RunState;
 pub use error::{ErrorKind, ExecError};
 pub use instructions::{Instruction, NAMES as INSTRUCTIONS};
+
+/// A compiled automation of this interpreter's instructions.
+pub type Automation = crate::dsl::Automation<Instruction>;
 pub use redact::{RedactedStderr, Redactor};
 pub use start::{Outcome, Start, Trigger, TriggerKind};
 
 use crate::bus::{Bus, BusError, Event, EventHandler, Host, HttpSource, Receipt, Source, EXECUTED};
 use crate::config::Settings;
-use crate::dsl::Automation;
 use crate::limits::{LimitKind, Limiters};
 use crate::metrics::Metrics;
 use crate::value::{Map, Value};

@@ -10,8 +10,9 @@ mod watch;
 
 pub use watch::{Change, Edit, Watcher};
 
-use crate::dsl::{parse_automation, parse_yaml, Automation, Diagnostic};
+use crate::dsl::{parse_automation, parse_yaml, Diagnostic};
 use crate::limits::Budgets;
+use crate::runtime::Automation;
 use crate::value::{Map, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -17,7 +17,7 @@ pub(crate) struct All {
 impl Instr for All {
     const NAME: &'static str = "all";
 
-    fn compile(value: &Value, _: &Span, cx: &mut Compiler<'_>) -> Result<All, String> {
+    fn compile(value: &Value, _: &Span, cx: &mut Compiler<'_, Instruction>) -> Result<All, String> {
         match value {
             Value::List(_) => Ok(All {
                 list: cx.block(value, "all"),

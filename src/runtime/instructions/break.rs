@@ -1,7 +1,7 @@
 //! `break: {scope}` (DSUL §7.6): stops the automation, and with `scope: all`
 //! its callers too.
 
-use super::Instr;
+use super::{Instr, Instruction};
 use crate::dsl::{Compiler, Node, Span};
 use crate::runtime::exec::{Exec, Flow};
 use crate::runtime::ExecError;
@@ -20,7 +20,7 @@ pub(crate) struct Break {
 impl Instr for Break {
     const NAME: &'static str = "break";
 
-    fn compile(value: &Value, _: &Span, cx: &mut Compiler<'_>) -> Result<Break, String> {
+    fn compile(value: &Value, _: &Span, cx: &mut Compiler<'_, Instruction>) -> Result<Break, String> {
         let mut scope = None;
         // Any other value is a break of the automation, as in the reference.
         if let Value::Object(m) = value {

@@ -26,7 +26,7 @@ impl Call {
         slug: &str,
         value: &Value,
         _: &Span,
-        cx: &mut Compiler<'_>,
+        cx: &mut Compiler<'_, Instruction>,
     ) -> Result<Call, String> {
         Ok(Call {
             slug: slug.to_string(),

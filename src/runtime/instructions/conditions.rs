@@ -23,7 +23,7 @@ pub(crate) struct Conditions {
 impl Instr for Conditions {
     const NAME: &'static str = "conditions";
 
-    fn compile(value: &Value, _: &Span, cx: &mut Compiler<'_>) -> Result<Conditions, String> {
+    fn compile(value: &Value, _: &Span, cx: &mut Compiler<'_, Instruction>) -> Result<Conditions, String> {
         let Value::Object(m) = value else {
             return Err(format!(
                 "`conditions` takes a mapping of expressions to instruction lists, found {}",

@@ -1,6 +1,6 @@
 //! `delete: {name}` (DSUL §7.2): removes a variable or a key inside one.
 
-use super::{mapping, Instr};
+use super::{Instruction, mapping, Instr};
 use crate::dsl::{Compiler, Node, Span};
 use crate::expr::parse_variable_name;
 use crate::runtime::exec::{Exec, Flow};
@@ -26,7 +26,7 @@ fn invalid(message: String) -> ExecError {
 impl Instr for Delete {
     const NAME: &'static str = "delete";
 
-    fn compile(value: &Value, _: &Span, cx: &mut Compiler<'_>) -> Result<Delete, String> {
+    fn compile(value: &Value, _: &Span, cx: &mut Compiler<'_, Instruction>) -> Result<Delete, String> {
         let m = mapping(value, "delete", "`name`")?;
         let mut name = None;
         for (field, v) in m.iter() {

@@ -1,7 +1,7 @@
 //! `emit: {event, payload, output}` (DSUL §7.7): sends an event to the
 //! workspace's listeners and watchers.
 
-use super::{eval, mapping, store_output, Instr};
+use super::{Instruction, eval, mapping, store_output, Instr};
 use crate::bus::check_event_type;
 use crate::dsl::{Compiler, Node, Span};
 use crate::limits::LimitKind;
@@ -24,7 +24,7 @@ pub(crate) struct Emit {
 impl Instr for Emit {
     const NAME: &'static str = "emit";
 
-    fn compile(value: &Value, _: &Span, cx: &mut Compiler<'_>) -> Result<Emit, String> {
+    fn compile(value: &Value, _: &Span, cx: &mut Compiler<'_, Instruction>) -> Result<Emit, String> {
         let m = mapping(value, "emit", "`event`")?;
         let mut emit = Emit {
             event: None,

@@ -2,7 +2,7 @@
 //! request; 4xx/5xx answers are results (and `runtime.fetch.failed` events),
 //! not errors. The client, host bounds and body decoding live in `runtime::fetch`.
 
-use super::{eval, mapping, store_output, Instr};
+use super::{Instruction, eval, mapping, store_output, Instr};
 use crate::dsl::{Compiler, Node, Span};
 use crate::limits::LimitKind;
 use crate::runtime::exec::{Exec, Flow};
@@ -94,7 +94,7 @@ type Request = Args<Value>;
 impl Instr for Fetch {
     const NAME: &'static str = "fetch";
 
-    fn compile(value: &Value, _: &Span, cx: &mut Compiler<'_>) -> Result<Fetch, String> {
+    fn compile(value: &Value, _: &Span, cx: &mut Compiler<'_, Instruction>) -> Result<Fetch, String> {
         let m = mapping(value, "fetch", "`url`")?;
         let mut args: Box<Args<Option<Node>>> = Box::default();
         for (field, v) in m.iter() {

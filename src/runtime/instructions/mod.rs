@@ -14,7 +14,7 @@
 
 use super::exec::{Exec, Flow};
 use super::{ErrorKind, ExecError};
-use crate::dsl::{describe, Compiler, Span};
+use crate::dsl::{describe, Compile, Compiler, Span};
 use crate::value::{Map, Value};
 use futures::future::BoxFuture;
 use std::fmt;
@@ -28,7 +28,11 @@ pub(crate) trait Instr: Sized + Send + Sync + fmt::Debug {
     /// Compiles the instruction's (non-null) value, reporting problems to `cx`;
     /// `Err` is the message the instruction fails with when it is reached (the
     /// reference fails at run time), which the caller reports at `span` too.
-    fn compile(value: &Value, span: &Span, cx: &mut Compiler<'_>) -> Result<Self, String>;
+    fn compile(
+        value: &Value,
+        span: &Span,
+        cx: &mut Compiler<'_, Instruction>,
+    ) -> Result<Self, String>;
 
     /// Interpolates the arguments against the variables as they are now, and
     /// returns the work still to do. The future sits inline in the loop that
@@ -72,7 +76,7 @@ macro_rules! registry {
                 name: &str,
                 value: &Value,
                 span: &Span,
-                cx: &mut Compiler<'_>,
+                cx: &mut Compiler<'_, Instruction>,
             ) -> Result<Op, String> {
                 $(if name == <$module::$ty as Instr>::NAME {
                     return $module::$ty::compile(value, span, cx).map(Op::$ty);
@@ -112,6 +116,9 @@ macro_rules! registry {
     };
 }
 
+#[cfg(test)]
+mod tests;
+
 registry! {
     set::Set,
     delete::Delete,
@@ -138,9 +145,13 @@ pub struct Instruction {
     op: Op,
 }
 
-impl Instruction {
-    /// Compiles the instruction `name: value` found at `span`.
-    pub fn compile(name: &str, value: &Value, span: Span, cx: &mut Compiler<'_>) -> Instruction {
+impl Compile for Instruction {
+    fn compile(
+        name: &str,
+        value: &Value,
+        span: Span,
+        cx: &mut Compiler<'_, Instruction>,
+    ) -> Instruction {
         if name == "comment" {
             // The reference fails on an empty comment; DSUL §10.24 prefers accepting it.
             return Instruction {
@@ -165,14 +176,26 @@ impl Instruction {
         }
     }
 
-    /// An instruction that fails with `message` when it runs.
-    pub fn invalid(span: Span, message: String) -> Instruction {
+    fn invalid(span: Span, message: String) -> Instruction {
         Instruction {
             span,
             op: Op::Invalid(message),
         }
     }
 
+    fn calls<'a>(&'a self, out: &mut Vec<(&'a str, &'a Span)>) {
+        if let Op::Call(call) = &self.op {
+            out.push((call.slug(), &self.span));
+        }
+        for block in self.op.blocks() {
+            for i in block {
+                i.calls(out);
+            }
+        }
+    }
+}
+
+impl Instruction {
     /// Runs the instruction; an error is located here unless a nested
     /// instruction already claimed it.
     pub(super) async fn run<'a>(&'a self, x: &'a Exec<'a>) -> Result<Flow, ExecError> {
@@ -188,19 +211,6 @@ impl Instruction {
         Ok(Box::pin(async move {
             run.await.map_err(|e| x.locate(e, &self.span))
         }))
-    }
-
-    /// Adds the calls of other automations in this instruction and the ones
-    /// nested in it, with the place of each callee's name.
-    pub fn calls<'a>(&'a self, out: &mut Vec<(&'a str, &'a Span)>) {
-        if let Op::Call(call) = &self.op {
-            out.push((call.slug(), &self.span));
-        }
-        for block in self.op.blocks() {
-            for i in block {
-                i.calls(out);
-            }
-        }
     }
 
     /// Whether this instruction fails whenever it runs.

@@ -26,7 +26,7 @@ pub(crate) struct Repeat {
 impl Instr for Repeat {
     const NAME: &'static str = "repeat";
 
-    fn compile(value: &Value, _: &Span, cx: &mut Compiler<'_>) -> Result<Repeat, String> {
+    fn compile(value: &Value, _: &Span, cx: &mut Compiler<'_, Instruction>) -> Result<Repeat, String> {
         let m = mapping(value, "repeat", "`do`")?;
         let mut repeat = Repeat {
             on: None,

@@ -1,6 +1,6 @@
 //! `set: {name, value, type}` (DSUL §7.1): writes a variable.
 
-use super::{eval, mapping, Instr};
+use super::{Instruction, eval, mapping, Instr};
 use crate::dsl::{Compiler, Node, Span};
 use crate::expr::{parse_variable_name, Key};
 use crate::runtime::exec::{Exec, Flow};
@@ -61,7 +61,7 @@ fn mode(kind: &Value) -> Result<Mode, ExecError> {
 impl Instr for Set {
     const NAME: &'static str = "set";
 
-    fn compile(value: &Value, _: &Span, cx: &mut Compiler<'_>) -> Result<Set, String> {
+    fn compile(value: &Value, _: &Span, cx: &mut Compiler<'_, Instruction>) -> Result<Set, String> {
         let m = mapping(value, "set", "`name`")?;
         let (mut name, mut val, mut kind) = (None, None, None);
         for (field, v) in m.iter() {

@@ -1,7 +1,7 @@
 //! `wait: {oneOf, timeout, output}` (DSUL §7.9): pauses until a matching event
 //! is emitted in the workspace, or for `timeout` seconds.
 
-use super::{eval, mapping, store_output, Instr};
+use super::{Instruction, eval, mapping, store_output, Instr};
 use crate::dsl::{Compiler, Node, Span};
 use crate::expr::{get_path, js_number_to_string, loose_eq, parse_variable_name, Scope};
 use crate::limits::BudgetExceeded;
@@ -24,7 +24,7 @@ pub(crate) struct Wait {
 impl Instr for Wait {
     const NAME: &'static str = "wait";
 
-    fn compile(value: &Value, _: &Span, cx: &mut Compiler<'_>) -> Result<Wait, String> {
+    fn compile(value: &Value, _: &Span, cx: &mut Compiler<'_, Instruction>) -> Result<Wait, String> {
         let m = mapping(value, "wait", "`oneOf` or `timeout`")?;
         let mut wait = Wait {
             one_of: None,
