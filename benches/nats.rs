@@ -7,10 +7,10 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures::future::BoxFuture;
-use sluice::bus::{Bus, Event, EventHandler, NatsBus};
+use sluice::bus::{Bus, Event, EventHandler, NatsBus, Source};
 use sluice::config::NatsSettings;
 use sluice::metrics::Metrics;
-use sluice::value::{Map, Value};
+use sluice::value::Value;
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -30,8 +30,10 @@ impl EventHandler for Started {
 }
 
 fn event(n: u64) -> Event {
-    let mut source = Map::new();
-    source.insert("workspaceId".into(), Value::str("bench"));
+    let source = Source {
+        workspace_id: Some("bench".into()),
+        ..Source::default()
+    };
     Event {
         id: format!("bench-{n}"),
         workspace: "bench".into(),

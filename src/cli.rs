@@ -7,7 +7,7 @@
 use crate::bus::EmbeddedBus;
 use crate::config::Settings;
 use crate::limits::{LimitKind, Limiters};
-use crate::runtime::{Runtime, Start, Trigger};
+use crate::runtime::{Runtime, Start};
 use crate::value::{number_to_json, Map, Value};
 use crate::workspace;
 use std::path::PathBuf;
@@ -171,13 +171,8 @@ async fn run_async(
         }
     };
     let id = ws.id.clone();
-    if ws.automation(&args.slug).is_none() {
-        eprintln!(
-            "sluice: no automation `{}` in workspace {} (known: {})",
-            args.slug,
-            args.workspace.display(),
-            known_slugs(&ws)
-        );
+    if let Err(e) = ws.require(&args.slug) {
+        eprintln!("sluice: {e}");
         return 2;
     }
     for problem in runtime.install(ws) {
@@ -186,15 +181,7 @@ async fn run_async(
     runtime.record_emits();
     let progress = tokio::spawn(show_throttling(runtime.limiters().clone(), id.clone()));
     let result = runtime
-        .run(Start {
-            workspace: id,
-            slug: args.slug.clone(),
-            payload,
-            trigger: Trigger::new("endpoint", args.slug.as_str()),
-            correlation_id: None,
-            depth: 0,
-            http: None,
-        })
+        .run(Start::endpoint(&id, &args.slug).with_payload(payload))
         .await;
     // Listeners of the emitted events run too before the command ends.
     runtime.bus().settled().await;
@@ -235,16 +222,6 @@ async fn run_async(
         }
     }
     code
-}
-
-fn known_slugs(ws: &workspace::Workspace) -> String {
-    let mut slugs: Vec<&str> = ws.automations.keys().map(String::as_str).collect();
-    slugs.sort();
-    if slugs.is_empty() {
-        "none".into()
-    } else {
-        slugs.join(", ")
-    }
 }
 
 /// How long an execution may be held back before `sluice run` says so on stderr, and how

@@ -10,7 +10,7 @@
 use crate::bus::{Bus, BusError, EmbeddedBus};
 use crate::config::Settings;
 use crate::http::{router, AppState, Shutdown};
-use crate::runtime::{ExecError, Runtime, Start, Trigger};
+use crate::runtime::{ExecError, Runtime, Start};
 use crate::workspace::{Installer, Library, Workspace};
 use chrono::{DateTime, Utc};
 use std::future::Future;
@@ -83,15 +83,7 @@ async fn run_tick(runtime: Runtime, ws: String, slug: String, expr: String, at: 
             return;
         }
     }
-    let start = Start {
-        workspace: ws.clone(),
-        slug: slug.clone(),
-        payload: Default::default(),
-        trigger: Trigger::new("schedule", expr.as_str()),
-        correlation_id: None,
-        depth: 0,
-        http: None,
-    };
+    let start = Start::schedule(&ws, &slug, &expr);
     if let Err(e) = runtime.run(start).await {
         tracing::warn!(workspace = %ws, slug = %slug, error = %e, "scheduled run failed");
     }

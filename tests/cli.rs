@@ -190,6 +190,34 @@ fn validate_reports_every_problem_with_its_location() {
 }
 
 #[test]
+fn validate_names_misspelt_instructions_and_fields_at_their_own_column() {
+    let dir = workspace(&[(
+        "main.yml",
+        "do:\n  - sett: {name: x, value: 1}\n  - emit: {evnt: e}\n  - wait: {timout: 1}\n",
+    )]);
+    let o = sluice(&["validate", &ws_path(&dir)]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    let found: Vec<&str> = err
+        .lines()
+        .map(|l| &l[l.find("main.yml:").unwrap_or(0)..])
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            "main.yml:2:5: unknown instruction or automation `sett`; did you mean `set`? \
+             expected one of set, delete, conditions, repeat, all, break, emit, wait, fetch, \
+             comment, main",
+            "main.yml:3:12: unknown field `evnt` in emit; did you mean `event`? \
+             expected one of event, payload, target, options, output",
+            "main.yml:4:12: unknown field `timout` in wait; did you mean `timeout`? \
+             expected one of oneOf, timeout, output",
+        ],
+        "{err}"
+    );
+}
+
+#[test]
 fn an_instruction_item_with_two_keys_is_refused_by_validate_and_fails_at_run_time() {
     let dir = workspace(&[(
         "main.yml",

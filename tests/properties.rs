@@ -13,6 +13,7 @@ use sluice::bus::EmbeddedBus;
 use sluice::config::Settings;
 use sluice::dsl::{parse_automation, Diagnostic};
 use sluice::expr::{parse_variable_name, Expr, ExprError, Template};
+use sluice::runtime::Instruction;
 use sluice::runtime::{Runtime, Start};
 use sluice::value::{Map, Value};
 use std::path::Path;
@@ -683,7 +684,7 @@ fn within(text: &str, line: usize, column: usize) -> bool {
 fn check_file(text: String) -> Result<(), TestCaseError> {
     let input = text.clone();
     let outcome = guarded(PARSE_LIMIT, move || {
-        match parse_automation(Path::new("ws/main.yml"), &text) {
+        match parse_automation::<Instruction>(Path::new("ws/main.yml"), &text) {
             Ok(c) => c.diagnostics,
             Err(d) => vec![d],
         }
@@ -786,10 +787,7 @@ fn run_workspace(files: Vec<(&'static str, String)>, payload: Map) -> Result<Str
     let described = tokio.block_on(async move {
         let rt = Runtime::new(settings, Arc::new(EmbeddedBus::new())).expect("runtime");
         rt.install(workspace);
-        let start = Start {
-            payload,
-            ..Start::endpoint("ws", "main")
-        };
+        let start = Start::endpoint("ws", "main").with_payload(payload);
         let result = rt.run(start).await;
         rt.bus().settled().await;
         match result {

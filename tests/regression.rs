@@ -9,6 +9,7 @@ use sluice::bus::EmbeddedBus;
 use sluice::config::Settings;
 use sluice::dsl::parse_automation;
 use sluice::expr::{Expr, ExprError, Template};
+use sluice::runtime::Instruction;
 use sluice::runtime::{ErrorKind, Runtime, Start};
 use sluice::value::{Map, Value};
 use std::path::Path;
@@ -111,7 +112,8 @@ fn a_30000_term_operator_chain_in_a_condition_compiles_and_runs() {
             let file = format!(
                 "do:\n  - set: {{name: a, value: '{{% {chain} %}}'}}\noutput: '{{{{a}}}}'\n"
             );
-            let compiled = parse_automation(Path::new("ws/main.yml"), &file).expect("a mapping");
+            let compiled = parse_automation::<Instruction>(Path::new("ws/main.yml"), &file)
+                .expect("a mapping");
             for d in &compiled.diagnostics {
                 assert!(d.line >= 1 && d.column >= 1, "{d}");
             }
@@ -174,7 +176,7 @@ fn a_self_doubling_template_fails_instead_of_hanging() {
 #[test]
 fn a_yaml_error_without_a_position_is_still_located() {
     for text in ["A\n:", "a: 1\n---\nb: 2\n"] {
-        let d = match parse_automation(Path::new("ws/main.yml"), text) {
+        let d = match parse_automation::<Instruction>(Path::new("ws/main.yml"), text) {
             Err(d) => d,
             Ok(_) => panic!("`{text}` is not one automation"),
         };
@@ -187,7 +189,8 @@ fn a_yaml_error_without_a_position_is_still_located() {
 #[test]
 fn an_instruction_that_is_not_a_mapping_is_located() {
     for (text, line) in [("do:\n  - []\n", 2), ("slug: main\ndo:\n  - 5\n", 3)] {
-        let compiled = parse_automation(Path::new("ws/main.yml"), text).expect("a mapping");
+        let compiled =
+            parse_automation::<Instruction>(Path::new("ws/main.yml"), text).expect("a mapping");
         let d = compiled.diagnostics.first().expect("a diagnostic");
         assert_eq!((d.line, d.column >= 1), (line, true), "`{text}`: {d:?}");
     }

@@ -379,7 +379,7 @@ impl Bus for EmbeddedBus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::value::{Map, Value};
+    use crate::value::Value;
     use std::collections::HashMap;
 
     fn event(id: String) -> Event {
@@ -388,7 +388,7 @@ mod tests {
             workspace: "ws".into(),
             kind: "node".into(),
             payload: Value::empty_object(),
-            source: Map::new(),
+            source: Default::default(),
             created_at: String::new(),
         }
     }

@@ -191,7 +191,7 @@ mod tests {
             workspace: workspace.into(),
             kind: kind.into(),
             payload: Value::object(payload),
-            source: Map::new(),
+            source: Default::default(),
             created_at: String::new(),
         })
     }

@@ -16,6 +16,7 @@ pub use nats::NatsBus;
 
 use crate::value::{Map, Value};
 use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +55,88 @@ pub fn check_event_type(kind: &str) -> Result<(), EventTypeError> {
     Ok(())
 }
 
+/// Where an event comes from (`source` in SPEC §5): which run sent it, so its
+/// listeners share that run's `run` context and continue its depth.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Source {
+    /// The run the event belongs to; its listeners continue it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// The workspace of the sender.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_id: Option<String>,
+    /// The automation that sent it (absent for events from outside).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automation_slug: Option<String>,
+    /// The sender's call depth (absent for events from outside: 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<u32>,
+    /// For executed events of endpoint runs: the request's method and path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSource>,
+    /// For executed events: the instance that ran the automation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<Host>,
+    /// Earlier deliveries of this event (absent on the first), set by the bus
+    /// that redelivers it so listeners can make side effects idempotent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redelivered: Option<u32>,
+}
+
+/// The request that started an endpoint run (`source.http`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpSource {
+    /// The HTTP method.
+    pub method: String,
+    /// The request path.
+    pub path: String,
+}
+
+/// The instance that ran an automation (`source.host`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    /// The replica's name (host name and process id).
+    pub replica: String,
+    /// Always `sluice`.
+    pub service: String,
+}
+
+impl Source {
+    /// The source as automations read it (`{{source.correlationId}}`), with the
+    /// keys in the order and spelling of its JSON.
+    pub fn to_value(&self) -> Value {
+        let mut m = Map::with_capacity(4);
+        let mut text = |key: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                m.insert(key.into(), Value::str(v.as_str()));
+            }
+        };
+        text("correlationId", &self.correlation_id);
+        text("workspaceId", &self.workspace_id);
+        text("automationSlug", &self.automation_slug);
+        if let Some(depth) = self.depth {
+            m.insert("depth".into(), Value::Number(depth.into()));
+        }
+        if let Some(http) = &self.http {
+            let mut h = Map::with_capacity(2);
+            h.insert("method".into(), Value::str(http.method.as_str()));
+            h.insert("path".into(), Value::str(http.path.as_str()));
+            m.insert("http".into(), Value::object(h));
+        }
+        if let Some(host) = &self.host {
+            let mut h = Map::with_capacity(2);
+            h.insert("replica".into(), Value::str(host.replica.as_str()));
+            h.insert("service".into(), Value::str(host.service.as_str()));
+            m.insert("host".into(), Value::object(h));
+        }
+        if let Some(n) = self.redelivered {
+            m.insert("redelivered".into(), Value::Number(n.into()));
+        }
+        Value::object(m)
+    }
+}
+
 /// An event of a workspace.
 #[derive(Debug, Clone)]
 pub struct Event {
@@ -65,8 +148,8 @@ pub struct Event {
     pub kind: String,
     /// The event payload.
     pub payload: Value,
-    /// `source`: correlationId, workspaceId, automationSlug, depth, ...
-    pub source: Map,
+    /// Where it comes from.
+    pub source: Source,
     /// ISO 8601 creation time.
     pub created_at: String,
 }
@@ -78,24 +161,10 @@ impl Event {
         let mut m = Map::with_capacity(6);
         m.insert("id".into(), Value::str(self.id.as_str()));
         m.insert("type".into(), Value::str(self.kind.as_str()));
-        m.insert("source".into(), Value::object(self.source.clone()));
+        m.insert("source".into(), self.source.to_value());
         m.insert("payload".into(), self.payload.clone());
         m.insert("createdAt".into(), Value::str(self.created_at.as_str()));
         Value::object(m)
-    }
-
-    /// The correlation id carried in `source`.
-    pub fn correlation_id(&self) -> Option<&str> {
-        self.source.get("correlationId").and_then(Value::as_str)
-    }
-
-    /// The emitter's call depth carried in `source` (0 for events from outside).
-    pub fn depth(&self) -> u32 {
-        self.source
-            .get("depth")
-            .and_then(Value::as_f64)
-            .map(|d| d.max(0.0) as u32)
-            .unwrap_or(0)
     }
 }
 

@@ -1,26 +1,28 @@
 //! Turns one automation file's YAML into an [`Automation`].
 
-use super::{Automation, Diagnostic, Instruction, Kind, Locator, Node, VarName, When};
-use crate::expr::{Expr, Template};
+use super::{Automation, Compile, Diagnostic, Locator, Node, Span, When};
+use crate::expr::Template;
 use crate::value::{Map, Value};
 use serde::de::{
     DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor,
 };
 use std::cell::Cell;
 use std::fmt;
+use std::marker::PhantomData;
 use std::path::Path;
+use std::sync::Arc;
 
 /// An automation and the problems found while compiling it.
-pub struct Compiled {
+pub struct Compiled<I> {
     /// The automation, runnable even when `diagnostics` is not empty.
-    pub automation: Automation,
+    pub automation: Automation<I>,
     /// Problems `validate` reports (the automation fails when it reaches them).
     pub diagnostics: Vec<Diagnostic>,
 }
 
 /// Parses and compiles one automation file. A YAML syntax error or a file that is
 /// not an automation mapping is an error; other mistakes become diagnostics.
-pub fn parse_automation(file: &Path, text: &str) -> Result<Compiled, Diagnostic> {
+pub fn parse_automation<I: Compile>(file: &Path, text: &str) -> Result<Compiled<I>, Diagnostic> {
     let root = parse_yaml(file, text, true)?;
     let at_top = |message: String| Diagnostic {
         file: file.to_path_buf(),
@@ -38,9 +40,10 @@ pub fn parse_automation(file: &Path, text: &str) -> Result<Compiled, Diagnostic>
         }
     };
     let mut c = Compiler {
-        file,
+        file: Arc::from(file),
         locator: Locator::new(text),
         diagnostics: Vec::new(),
+        instructions: PhantomData,
     };
     let slug = match map.get("slug") {
         Some(Value::String(s)) => s.to_string(),
@@ -84,21 +87,6 @@ pub fn parse_automation(file: &Path, text: &str) -> Result<Compiled, Diagnostic>
         automation,
         diagnostics: c.diagnostics,
     })
-}
-
-/// Pre-parses a constant `set` name; anything else stays for run time, where
-/// a malformed name fails as "Invalid set instruction" like in the reference.
-fn var_name(node: Node) -> VarName {
-    if let Node::Const(Value::String(s)) = &node {
-        let (path, push) = match s.strip_suffix("[]") {
-            Some(base) => (base, true),
-            None => (&**s, false),
-        };
-        if let Ok(keys) = crate::expr::parse_variable_name(path) {
-            return VarName::Static { keys, push };
-        }
-    }
-    VarName::Dynamic(node)
 }
 
 /// Values a file may expand to beyond one per byte of its text: room for
@@ -344,28 +332,58 @@ fn strip_location(msg: &str) -> String {
     }
 }
 
-fn describe(v: &Value) -> String {
-    match v {
-        Value::Undefined | Value::Null => "nothing".into(),
-        Value::String(s) => format!("the string `{s}`"),
-        other => format!("a value of type {}", other.type_name()),
-    }
-}
-
-struct Compiler<'a> {
-    file: &'a Path,
+/// The state of one file's compilation, handed to each instruction's
+/// `compile` (in `runtime::instructions`): it turns values into nodes and
+/// blocks, and records diagnostics at the places it finds in the text.
+pub struct Compiler<'a, I> {
+    file: Arc<Path>,
     locator: Locator<'a>,
     diagnostics: Vec<Diagnostic>,
+    instructions: PhantomData<fn() -> I>,
 }
 
-impl Compiler<'_> {
-    fn report(&mut self, (line, column): (usize, usize), message: String) {
-        self.diagnostics.push(Diagnostic {
-            file: self.file.to_path_buf(),
+impl<I: Compile> Compiler<'_, I> {
+    fn report_at(&mut self, (line, col): (usize, usize), message: String) {
+        let span = self.span((line, col));
+        self.report(&span, message);
+    }
+
+    fn span(&self, (line, col): (usize, usize)) -> Span {
+        Span {
+            file: self.file.clone(),
             line,
-            column,
-            message,
-        });
+            col,
+        }
+    }
+
+    /// Records a problem at `span` for `validate`.
+    pub fn report(&mut self, span: &Span, message: impl Into<String>) {
+        self.diagnostics.push(Diagnostic::at(span, message));
+    }
+
+    /// The place of the next key `name:` in the text.
+    pub fn key_span(&mut self, name: &str) -> Span {
+        let pos = self.locator.find_key(name);
+        self.span(pos)
+    }
+
+    /// The place of the next occurrence of `text`.
+    pub fn text_span(&mut self, text: &str) -> Span {
+        let pos = self.locator.find(text);
+        self.span(pos)
+    }
+
+    /// Reports a field that `instruction` does not take, at the field's own
+    /// place, with the closest valid name and all of them.
+    pub fn unknown_field(&mut self, field: &str, instruction: &str, valid: &[&str]) {
+        let span = self.key_span(field);
+        self.report(
+            &span,
+            format!(
+                "unknown field `{field}` in {instruction}{}",
+                super::one_of(field, valid)
+            ),
+        );
     }
 
     fn when(&mut self, v: Option<&Value>) -> When {
@@ -384,7 +402,7 @@ impl Compiler<'_> {
                 Ok(cron) => when.schedules.push((expr, cron)),
                 Err(e) => {
                     let pos = self.locator.find(&expr);
-                    self.report(
+                    self.report_at(
                         pos,
                         format!("invalid cron expression `{expr}` in when.schedules: {e}"),
                     );
@@ -397,7 +415,7 @@ impl Compiler<'_> {
             .any(|e| e == "runtime.automations.executed")
         {
             let pos = self.locator.find("runtime.automations.executed");
-            self.report(
+            self.report_at(
                 pos,
                 "`runtime.automations.executed` cannot trigger an automation (it would loop); use it in `wait`".into(),
             );
@@ -421,7 +439,7 @@ impl Compiler<'_> {
                 let pos = self
                     .locator
                     .find_key(field.rsplit('.').next().unwrap_or(field));
-                self.report(
+                self.report_at(
                     pos,
                     format!(
                         "`{field}` must be a list of strings, found {}",
@@ -434,14 +452,14 @@ impl Compiler<'_> {
     }
 
     /// Compiles a value into a node, reporting template errors with their place.
-    fn node(&mut self, v: &Value) -> Node {
+    pub fn node(&mut self, v: &Value) -> Node {
         match v {
             Value::String(s) if s.contains("{{") || s.contains("{%") => match Template::parse(s) {
                 Ok(t) if t.is_literal() => Node::Const(v.clone()),
                 Ok(t) => Node::Template(Box::new(t)),
                 Err(e) => {
                     let pos = self.locator.find(s.lines().next().unwrap_or(s));
-                    self.report(pos, e.to_string());
+                    self.report_at(pos, e.to_string());
                     Node::Invalid(e)
                 }
             },
@@ -466,26 +484,29 @@ impl Compiler<'_> {
         }
     }
 
-    fn block(&mut self, v: &Value, field: &str) -> Vec<Instruction> {
+    /// Compiles a list of instructions (the value of `field`).
+    pub fn block(&mut self, v: &Value, field: &str) -> Vec<I> {
         match v {
             Value::Null => Vec::new(),
             Value::List(items) => items.iter().filter_map(|i| self.instruction(i)).collect(),
             other => {
-                let pos = self.locator.find_key(field);
+                let span = self.key_span(field);
                 let message = format!(
                     "`{field}` must be a list of instructions, found {}",
                     describe(other)
                 );
-                self.report(pos, message.clone());
-                vec![Instruction {
-                    kind: Kind::Invalid(message),
-                    line: pos.0,
-                }]
+                vec![self.invalid(span, message)]
             }
         }
     }
 
-    fn instruction(&mut self, v: &Value) -> Option<Instruction> {
+    /// An instruction that fails with `message` when reached, reported now.
+    pub fn invalid(&mut self, span: Span, message: String) -> I {
+        self.report(&span, message.as_str());
+        I::invalid(span, message)
+    }
+
+    fn instruction(&mut self, v: &Value) -> Option<I> {
         let m = match v {
             Value::Null => return None,
             Value::Object(m) => m,
@@ -495,296 +516,47 @@ impl Compiler<'_> {
                     describe(other)
                 );
                 // A list or number has no text of its own to find: its item marker does.
-                let pos = match other {
-                    Value::String(s) => self.locator.find(s),
-                    _ => self.locator.find("- "),
+                let span = match other {
+                    Value::String(s) => self.text_span(s),
+                    _ => self.text_span("- "),
                 };
-                self.report(pos, message.clone());
-                return Some(Instruction {
-                    kind: Kind::Invalid(message),
-                    line: pos.0,
-                });
+                return Some(self.invalid(span, message));
             }
         };
         let Some((name, value)) = m.first().filter(|_| m.len() == 1) else {
             return Some(self.not_one_key(m));
         };
-        let pos = self.locator.find_key(name);
-        let kind = self.kind(name, value, pos);
-        Some(Instruction { kind, line: pos.0 })
+        let span = self.key_span(name);
+        Some(I::compile(name, value, span, self))
     }
 
     /// An item with no key or several: the reference would silently run only the first.
-    fn not_one_key(&mut self, m: &crate::value::Map) -> Instruction {
+    fn not_one_key(&mut self, m: &crate::value::Map) -> I {
         let names: Vec<&str> = m.keys().map(String::as_str).collect();
         let mut message = format!("an instruction item has one key, found {}", names.len());
         if !names.is_empty() {
             message = format!("{message}: {}", names.join(", "));
         }
-        let pos = match names.split_first() {
+        let span = match names.split_first() {
             Some((first, rest)) => {
-                let pos = self.locator.find_key(first);
+                let span = self.key_span(first);
                 // Past every key, so later lookups do not land inside this item.
                 for name in rest {
                     self.locator.find_key(name);
                 }
-                pos
+                span
             }
-            None => self.locator.find("{}"),
+            None => self.text_span("{}"),
         };
-        let kind = self.invalid(pos, message);
-        Instruction { kind, line: pos.0 }
-    }
-
-    fn invalid(&mut self, pos: (usize, usize), message: String) -> Kind {
-        self.report(pos, message.clone());
-        Kind::Invalid(message)
-    }
-
-    fn kind(&mut self, name: &str, value: &Value, pos: (usize, usize)) -> Kind {
-        if name == "comment" {
-            // The reference fails on an empty comment; DSUL §10.24 prefers accepting it.
-            return Kind::Comment;
-        }
-        if value.is_nullish() {
-            return self.invalid(
-                pos,
-                format!("Invalid {name} instruction : undefined or null payload"),
-            );
-        }
-        match name {
-            "set" | "delete" => {
-                let Value::Object(m) = value else {
-                    return self.invalid(
-                        pos,
-                        format!(
-                            "`{name}` takes a mapping with `name`, found {}",
-                            describe(value)
-                        ),
-                    );
-                };
-                let Some(var) = m.get("name") else {
-                    return self.invalid(pos, format!("`{name}` needs a `name` field"));
-                };
-                let var = self.node(var);
-                if name == "delete" {
-                    return Kind::Delete { name: var };
-                }
-                Kind::Set {
-                    name: var_name(var),
-                    value: self.node(m.get("value").unwrap_or(&Value::Undefined)),
-                    kind: m.get("type").map(|t| self.node(t)),
-                }
-            }
-            "conditions" => self.conditions(value, pos),
-            "repeat" => {
-                let Value::Object(m) = value else {
-                    return self.invalid(
-                        pos,
-                        format!(
-                            "`repeat` takes a mapping with `do`, found {}",
-                            describe(value)
-                        ),
-                    );
-                };
-                Kind::Repeat {
-                    on: m.get("on").map(|v| self.node(v)),
-                    until: m.get("until").map(|v| self.node(v)),
-                    body: m.get("do").map(|v| self.block(v, "do")).unwrap_or_default(),
-                }
-            }
-            "all" => match value {
-                Value::List(_) => Kind::All(self.block(value, "all")),
-                other => self.invalid(
-                    pos,
-                    format!(
-                        "`all` takes a list of instructions, found {}",
-                        describe(other)
-                    ),
-                ),
-            },
-            "break" => Kind::Break {
-                scope: match value {
-                    Value::Object(m) => m
-                        .get("scope")
-                        .map(|s| self.node(s))
-                        .unwrap_or(Node::Const(Value::Undefined)),
-                    _ => Node::Const(Value::Undefined),
-                },
-            },
-            "emit" => {
-                // A literal type is checked now; a templated one when it runs.
-                if let Some(Value::String(kind)) = value.as_object().and_then(|m| m.get("event")) {
-                    if !kind.contains("{{") && !kind.contains("{%") {
-                        if let Err(e) = crate::bus::check_event_type(kind) {
-                            let at = self.locator.find(kind);
-                            self.report(at, e.to_string());
-                        }
-                    }
-                }
-                Kind::Emit(self.node(value))
-            }
-            "wait" => Kind::Wait(self.node(value)),
-            "fetch" => Kind::Fetch(self.node(value)),
-            "createUserTopic" | "joinUserTopic" => self.invalid(
-                pos,
-                format!("`{name}` needs the Prisme.ai events service, which sluice does not have"),
-            ),
-            slug => Kind::Call {
-                slug: slug.to_string(),
-                args: self.node(value),
-            },
-        }
-    }
-
-    fn conditions(&mut self, value: &Value, pos: (usize, usize)) -> Kind {
-        let Value::Object(m) = value else {
-            return self.invalid(
-                pos,
-                format!(
-                    "`conditions` takes a mapping of expressions to instruction lists, found {}",
-                    describe(value)
-                ),
-            );
-        };
-        let mut branches = Vec::new();
-        let mut default = None;
-        for (key, body) in m.iter() {
-            if key == "default" {
-                default = Some(self.block(body, "default"));
-                continue;
-            }
-            let key_pos = self.locator.find(key);
-            let expr = Expr::parse(key);
-            if let Err(e) = &expr {
-                // Reported now; the reference fails only when it evaluates this key.
-                self.report(key_pos, e.to_string());
-            }
-            branches.push((expr, self.block(body, key)));
-        }
-        Kind::Conditions { branches, default }
+        self.invalid(span, message)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::PathBuf;
-
-    fn compile(text: &str) -> Compiled {
-        match parse_automation(&PathBuf::from("ws/a.yml"), text) {
-            Ok(c) => c,
-            Err(d) => panic!("{d}"),
-        }
-    }
-
-    #[test]
-    fn slug_defaults_to_the_file_stem() {
-        let c = compile("do: []\n");
-        assert_eq!(c.automation.slug, "a");
-        assert!(c.diagnostics.is_empty());
-    }
-
-    #[test]
-    fn yaml_errors_carry_file_line_and_column() {
-        let err = parse_automation(&PathBuf::from("ws/a.yml"), "do:\n  - set: {name: a\n")
-            .err()
-            .map(|d| d.to_string())
-            .unwrap_or_default();
-        assert!(err.starts_with("ws/a.yml:"), "{err}");
-        assert!(err.contains("invalid YAML"), "{err}");
-    }
-
-    #[test]
-    fn bad_expression_is_a_diagnostic_at_its_line() {
-        let c = compile("do:\n  - set:\n      name: a\n      value: '{% 1 + %}'\n");
-        assert_eq!(c.diagnostics.len(), 1);
-        assert_eq!(c.diagnostics[0].line, 4);
-    }
-
-    #[test]
-    fn null_instruction_compiles_to_a_failure() {
-        let c = compile("do:\n  - set:\n");
-        assert!(matches!(c.automation.body[0].kind, Kind::Invalid(_)));
-        assert_eq!(c.diagnostics[0].line, 2);
-    }
-
-    #[test]
-    fn an_item_with_several_keys_or_none_is_invalid_at_its_place() {
-        let c = compile(
-            "do:\n  - comment: ok\n  - set: {name: a, value: 1}\n    emit: {event: e}\n  - {}\n  - emit: {event: f}\n",
-        );
-        let found: Vec<(usize, usize, &str)> = c
-            .diagnostics
-            .iter()
-            .map(|d| (d.line, d.column, d.message.as_str()))
-            .collect();
-        assert_eq!(
-            found,
-            vec![
-                (3, 5, "an instruction item has one key, found 2: set, emit"),
-                (5, 5, "an instruction item has one key, found 0"),
-            ]
-        );
-        let kinds: Vec<(bool, usize)> = c
-            .automation
-            .body
-            .iter()
-            .map(|i| (matches!(i.kind, Kind::Invalid(_)), i.line))
-            .collect();
-        assert_eq!(kinds, vec![(false, 2), (true, 3), (true, 5), (false, 6)]);
-    }
-
-    #[test]
-    fn unknown_names_are_calls_with_lines() {
-        let c = compile("do:\n  - comment: hi\n  - other: {x: 1}\n");
-        assert_eq!(c.automation.calls(), vec![("other", 3)]);
-    }
-
-    #[test]
-    fn bad_cron_is_a_diagnostic() {
-        let c = compile("when:\n  schedules: ['*/5 * * * *', 'every day']\ndo: []\n");
-        let exprs: Vec<&str> = c
-            .automation
-            .when
-            .schedules
-            .iter()
-            .map(|(e, _)| e.as_str())
-            .collect();
-        assert_eq!(exprs, vec!["*/5 * * * *"]);
-        assert_eq!(c.diagnostics.len(), 1);
-        assert!(c.diagnostics[0].message.contains("every day"));
-    }
-
-    #[test]
-    fn emitting_a_runtime_event_is_a_diagnostic_at_its_type() {
-        let c = compile("do:\n  - emit:\n      event: runtime.automations.executed\n  - emit:\n      event: '{{t}}'\n");
-        assert_eq!(c.diagnostics.len(), 1);
-        let d = &c.diagnostics[0];
-        assert_eq!((d.line, d.column), (3, 14));
-        assert!(d.message.contains("reserved"), "{}", d.message);
-    }
-
-    #[test]
-    fn two_instructions_of_one_name_are_each_located_at_their_own_place() {
-        for (text, at) in [
-            (
-                "do:\n  - set: {name: x, value: 1}\n  - set: {value: 1}\n",
-                (3, 5),
-            ),
-            ("do: [set: {name: x, value: 1}, set: {value: 1}]\n", (1, 32)),
-        ] {
-            let c = compile(text);
-            assert_eq!(c.diagnostics.len(), 1, "{text}");
-            let d = &c.diagnostics[0];
-            assert_eq!((d.line, d.column), at, "{text}: {}", d.message);
-        }
-    }
-
-    #[test]
-    fn endpoint_true_means_the_slug() {
-        let c = compile("slug: s\nwhen:\n  endpoint: true\n  events: [a.b]\ndo: []\n");
-        assert_eq!(c.automation.when.endpoint.as_deref(), Some(""));
-        assert_eq!(c.automation.when.events, vec!["a.b".to_string()]);
+/// How a value is named in a diagnostic: `nothing`, the string, or its type.
+pub fn describe(v: &Value) -> String {
+    match v {
+        Value::Undefined | Value::Null => "nothing".into(),
+        Value::String(s) => format!("the string `{s}`"),
+        other => format!("a value of type {}", other.type_name()),
     }
 }

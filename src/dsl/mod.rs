@@ -1,5 +1,10 @@
 //! The DSUL automation model: YAML in, compiled automations out.
 //!
+//! This module owns the YAML reading, the [`Locator`] that finds where a value
+//! sits, the compile driver ([`Compiler`]) and the [`Diagnostic`]s; each
+//! instruction's own parsing and checks live beside its execution, in
+//! `runtime::instructions`, which the driver calls by name.
+//!
 //! Every string of an automation is parsed once here (templates and expressions
 //! pre-compiled), so executions never re-parse text. Mistakes that the reference
 //! runtime only reports when the instruction runs (a bad expression, a null
@@ -10,14 +15,16 @@
 
 mod compile;
 mod locate;
+mod suggest;
 
-pub use compile::{parse_automation, parse_yaml, Compiled};
+pub use compile::{describe, parse_automation, parse_yaml, Compiled, Compiler};
 pub use locate::Locator;
+pub use suggest::{did_you_mean, one_of};
 
-use crate::expr::{Expr, ExprError, Key, Scope, Template};
+use crate::expr::{ExprError, Scope, Template};
 use crate::value::{Map, Value};
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// A YAML value whose strings are pre-parsed templates.
@@ -66,89 +73,6 @@ impl Node {
     }
 }
 
-/// The `name` of a `set`: parsed at load when it is a plain path, so hot loops
-/// do not re-parse it; templated names are parsed when they run.
-#[derive(Debug)]
-pub enum VarName {
-    /// A constant path; `push` when it ended in `[]`.
-    Static {
-        /// The path's keys.
-        keys: Vec<Key>,
-        /// Whether the name ended in `[]` (push).
-        push: bool,
-    },
-    /// A templated (or malformed) name, resolved and parsed at run time.
-    Dynamic(Node),
-}
-
-/// One instruction of a `do` list, with the 1-based line it starts on.
-#[derive(Debug)]
-pub struct Instruction {
-    /// What the instruction does.
-    pub kind: Kind,
-    /// Line of the instruction in its file (0 when unknown).
-    pub line: usize,
-}
-
-/// The instructions of DSUL (§7).
-#[derive(Debug)]
-pub enum Kind {
-    /// `set: {name, value, type}`.
-    Set {
-        /// The variable path.
-        name: VarName,
-        /// The value to store.
-        value: Node,
-        /// `replace`, `merge` or `push`; absent means replace.
-        kind: Option<Node>,
-    },
-    /// `delete: {name}`.
-    Delete {
-        /// The variable path.
-        name: Node,
-    },
-    /// `conditions:` branches in file order; `default` runs when none matched.
-    Conditions {
-        /// Each expression (or its parse error) with the instructions it guards.
-        branches: Vec<(Result<Expr, ExprError>, Vec<Instruction>)>,
-        /// The `default` branch.
-        default: Option<Vec<Instruction>>,
-    },
-    /// `repeat: {on, until, do}`.
-    Repeat {
-        /// What to iterate.
-        on: Option<Node>,
-        /// Maximum number of iterations.
-        until: Option<Node>,
-        /// The loop body.
-        body: Vec<Instruction>,
-    },
-    /// `all:` instructions started together.
-    All(Vec<Instruction>),
-    /// `break: {scope}`.
-    Break {
-        /// `automation` (default) or `all`.
-        scope: Node,
-    },
-    /// `comment:` does nothing.
-    Comment,
-    /// `emit:` the whole mapping.
-    Emit(Node),
-    /// `wait:` the whole mapping.
-    Wait(Node),
-    /// `fetch:` the whole mapping.
-    Fetch(Node),
-    /// A call of another automation by slug with the whole mapping as arguments.
-    Call {
-        /// The callee's slug.
-        slug: String,
-        /// The arguments (including `output`).
-        args: Node,
-    },
-    /// An instruction the reference refuses when it runs (null value, bad shape).
-    Invalid(String),
-}
-
 /// `when:` triggers.
 #[derive(Debug, Default)]
 pub struct When {
@@ -160,9 +84,23 @@ pub struct When {
     pub schedules: Vec<(String, croner::Cron)>,
 }
 
-/// A compiled automation.
+/// The instructions a `do` list compiles into. `runtime` defines them (each
+/// beside its execution); this module only drives their compilation, so it
+/// depends on no interpreter.
+pub trait Compile: Sized {
+    /// Compiles the instruction `name: value` written at `span`; mistakes are
+    /// reported to `cx` and compile into an instruction that fails when reached.
+    fn compile(name: &str, value: &Value, span: Span, cx: &mut Compiler<'_, Self>) -> Self;
+    /// An instruction that fails with `message` when it runs.
+    fn invalid(span: Span, message: String) -> Self;
+    /// Adds the calls of other automations in this instruction and the ones
+    /// nested in it, with the place of each callee's name.
+    fn calls<'a>(&'a self, out: &mut Vec<(&'a str, &'a Span)>);
+}
+
+/// A compiled automation whose body holds instructions of type `I`.
 #[derive(Debug)]
-pub struct Automation {
+pub struct Automation<I> {
     /// Unique id in its workspace.
     pub slug: String,
     /// The file it was read from.
@@ -176,35 +114,46 @@ pub struct Automation {
     /// A disabled automation cannot be triggered nor called.
     pub disabled: bool,
     /// The body.
-    pub body: Vec<Instruction>,
+    pub body: Vec<I>,
     /// The `output` value; `{}` when absent.
     pub output: Option<Node>,
 }
 
-impl Automation {
-    /// Visits every call instruction (for `validate`'s unknown-slug check).
-    pub fn calls(&self) -> Vec<(&str, usize)> {
-        fn walk<'a>(body: &'a [Instruction], out: &mut Vec<(&'a str, usize)>) {
-            for i in body {
-                match &i.kind {
-                    Kind::Call { slug, .. } => out.push((slug, i.line)),
-                    Kind::Conditions { branches, default } => {
-                        for (_, b) in branches {
-                            walk(b, out);
-                        }
-                        if let Some(d) = default {
-                            walk(d, out);
-                        }
-                    }
-                    Kind::Repeat { body, .. } => walk(body, out),
-                    Kind::All(list) => walk(list, out),
-                    _ => {}
-                }
-            }
-        }
+impl<I: Compile> Automation<I> {
+    /// Every call of another automation in the body, with the place of its name
+    /// (for `validate`'s unknown-slug check).
+    pub fn calls(&self) -> Vec<(&str, &Span)> {
         let mut out = Vec::new();
-        walk(&self.body, &mut out);
+        for i in &self.body {
+            i.calls(&mut out);
+        }
         out
+    }
+}
+
+/// Where an instruction or argument sits: its file, 1-based line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span {
+    /// The file it was read from.
+    pub file: Arc<Path>,
+    /// 1-based line (0 when unknown).
+    pub line: usize,
+    /// 1-based column (0 when unknown).
+    pub col: usize,
+}
+
+/// `file.yml:line:col`, the file by its name alone: run-time errors reach webhook
+/// callers, who have no business knowing where the server keeps its files.
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.file.file_name().unwrap_or(self.file.as_os_str());
+        write!(
+            f,
+            "{}:{}:{}",
+            name.to_string_lossy(),
+            self.line.max(1),
+            self.col.max(1)
+        )
     }
 }
 
@@ -236,5 +185,14 @@ impl fmt::Display for Diagnostic {
 
 impl std::error::Error for Diagnostic {}
 
-/// Shared handle to a compiled automation.
-pub type AutomationRef = Arc<Automation>;
+impl Diagnostic {
+    /// A diagnostic at `span`.
+    pub fn at(span: &Span, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            file: span.file.to_path_buf(),
+            line: span.line,
+            column: span.col,
+            message: message.into(),
+        }
+    }
+}

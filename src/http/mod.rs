@@ -14,7 +14,7 @@ pub use listen::{serve, Shutdown};
 
 use crate::bus::{check_event_type, Watch};
 use crate::config::Settings;
-use crate::runtime::{Redactor, Runtime, Start, Trigger};
+use crate::runtime::{Redactor, Runtime, Start, Trigger, TriggerKind};
 use crate::value::{Map, Value};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -194,27 +194,31 @@ async fn webhook(
         .iter()
         .map(|_| format!("{:016x}", rand::random::<u64>()))
         .collect();
-    let starts: Vec<Start> = automations
+    let starts: Vec<_> = automations
         .iter()
         .zip(&correlation_ids)
-        .map(|(a, correlation_id)| Start {
-            workspace: ws.clone(),
-            slug: a.slug.clone(),
-            payload: payload.clone(),
-            trigger: Trigger {
+        .map(|(a, correlation_id)| {
+            let trigger = Trigger {
                 caller_gone: Some(gone.0.clone()),
-                ..Trigger::new("endpoint", name.as_str())
-            },
-            correlation_id: Some(correlation_id.clone()),
-            depth: 0,
-            http: Some((method.to_string(), path.clone())),
+                ..Trigger::new(TriggerKind::Endpoint, name.as_str())
+            };
+            let start = Start {
+                http: Some((method.to_string(), path.clone())),
+                correlation_id: Some(correlation_id.clone()),
+                ..Start::new(&ws, &a.slug, trigger).with_payload(payload.clone())
+            };
+            (a.clone(), start)
         })
         .collect();
     let runtime = state.runtime.clone();
+    let resolved = workspace.clone();
     // The runs belong to the server, not to this request: a caller that hangs
     // up must not leave an automation half-applied.
     let runs = state.shutdown.spawn(async move {
-        futures::future::join_all(starts.into_iter().map(|s| runtime.run(s))).await
+        let runs = starts
+            .into_iter()
+            .map(|(a, s)| runtime.run_resolved(resolved.clone(), a, s));
+        futures::future::join_all(runs).await
     });
     let results = match runs.await {
         Ok(Some(results)) => results,
@@ -495,7 +499,7 @@ mod tests {
             workspace: "ws".into(),
             kind: "tick".into(),
             payload: Value::empty_object(),
-            source: Map::new(),
+            source: Default::default(),
             created_at: String::new(),
         }
     }

@@ -6,7 +6,7 @@
 //! registration takes the event (one wait cancels one event). Registrations
 //! end with their wait.
 
-use super::exec::matches_condition;
+use super::instructions::matches_condition;
 use crate::bus::Event;
 use crate::value::Map;
 use std::sync::atomic::{AtomicU64, Ordering};

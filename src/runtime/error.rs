@@ -1,5 +1,6 @@
 //! Execution errors: the reference's error names plus a message a user can act on.
 
+use crate::dsl::Span;
 use crate::expr::ExprError;
 use crate::limits::BudgetExceeded;
 use std::fmt;
@@ -51,8 +52,10 @@ pub struct ExecError {
     pub kind: ErrorKind,
     /// What went wrong.
     pub message: String,
-    /// Where: `automation slug (file:line)` of the innermost failing instruction.
-    pub location: Option<String>,
+    /// The automation of the innermost failing instruction.
+    pub automation: Option<String>,
+    /// Where that instruction is written.
+    pub span: Option<Span>,
     /// The budget that was exceeded (`max_instructions`), for errors of kind `BudgetExceeded`.
     pub budget: Option<&'static str>,
 }
@@ -63,15 +66,18 @@ impl ExecError {
         ExecError {
             kind,
             message: message.into(),
-            location: None,
+            automation: None,
+            span: None,
             budget: None,
         }
     }
 
-    /// Adds the location unless a deeper one is already known.
-    pub fn at(mut self, location: impl FnOnce() -> String) -> ExecError {
-        if self.location.is_none() {
-            self.location = Some(location());
+    /// Locates the error at `span` of `automation`, unless a deeper
+    /// instruction already did.
+    pub fn at(mut self, automation: &str, span: &Span) -> ExecError {
+        if self.span.is_none() {
+            self.automation = Some(automation.to_string());
+            self.span = Some(span.clone());
         }
         self
     }
@@ -79,10 +85,10 @@ impl ExecError {
 
 impl fmt::Display for ExecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.location {
-            Some(loc) => write!(f, "{}: {} ({})", loc, self.message, self.kind.name()),
-            None => write!(f, "{} ({})", self.message, self.kind.name()),
+        if let (Some(slug), Some(span)) = (&self.automation, &self.span) {
+            write!(f, "automation `{slug}` ({span}): ")?;
         }
+        write!(f, "{} ({})", self.message, self.kind.name())
     }
 }
 

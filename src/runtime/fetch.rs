@@ -1,28 +1,25 @@
-//! The `fetch` instruction (DSUL §7.10): HTTP requests with reqwest, a size cap
-//! on responses, `runtime.fetch.failed` events for 4xx/5xx answers, and a bound
-//! on the requests open at once to one host (`fetch.max_connections_per_host`),
-//! so a fan-out cannot open thousands of sockets. Every connection goes through
-//! the network guard (`fetch.deny_networks`, `fetch.allow_networks`, see [`guard`]).
+//! The HTTP machinery of the `fetch` instruction (DSUL §7.10, parsed and run
+//! in `instructions/fetch.rs`): requests with reqwest, a size cap on responses,
+//! body decoding, and a bound on the requests open at once to one host
+//! (`fetch.max_connections_per_host`), so a fan-out cannot open thousands of
+//! sockets. Every connection goes through the network guard
+//! (`fetch.deny_networks`, `fetch.allow_networks`, see [`guard`]).
 
 mod guard;
 
-use super::exec::Exec;
-use super::{ErrorKind, ExecError};
+use super::{ErrorKind, ExecError, Inner};
 use crate::config::Settings;
-use crate::limits::LimitKind;
 use crate::value::{Map, Value};
 use base64::Engine;
 use futures::StreamExt;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use reqwest::header::{HeaderMap, CONTENT_TYPE};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Native event sent when a fetch gets a 4xx/5xx answer.
-const FETCH_FAILED: &str = "runtime.fetch.failed";
-
-fn invalid(message: impl Into<String>) -> ExecError {
+/// An `InvalidInstructionError` of `fetch`.
+pub(crate) fn invalid(message: impl Into<String>) -> ExecError {
     ExecError::new(
         ErrorKind::InvalidInstruction,
         format!("Invalid fetch instruction: {}", message.into()),
@@ -30,7 +27,7 @@ fn invalid(message: impl Into<String>) -> ExecError {
 }
 
 /// A value as a header or query string value.
-fn text(v: &Value) -> String {
+pub(crate) fn text(v: &Value) -> String {
     crate::expr::to_template_string(v)
 }
 
@@ -118,198 +115,21 @@ impl Drop for HostPermit<'_> {
     }
 }
 
-struct Response {
-    status: u16,
-    headers: Map,
-    content_type: String,
-    bytes: Vec<u8>,
+/// An HTTP answer, read whole (up to `fetch.max_response_bytes`).
+pub(crate) struct Response {
+    /// The status code.
+    pub(crate) status: u16,
+    /// The headers: one value as a string, several as a list.
+    pub(crate) headers: Map,
+    /// The `content-type` header (empty when absent).
+    pub(crate) content_type: String,
+    /// The body.
+    pub(crate) bytes: Vec<u8>,
 }
 
-impl Exec<'_> {
-    /// Sends the request described by `args` and returns what `output` receives.
-    pub async fn fetch(&self, args: &Value) -> Result<Value, ExecError> {
-        let empty = Map::new();
-        let m = args.as_object().unwrap_or(&empty);
-        let url = match m.get("url") {
-            Some(Value::String(s)) if !s.is_empty() => s.to_string(),
-            _ => return Err(invalid("`url` is required")),
-        };
-        let method_name = m
-            .get("method")
-            .and_then(Value::as_str)
-            .unwrap_or("get")
-            .to_ascii_uppercase();
-        let method = reqwest::Method::from_bytes(method_name.as_bytes())
-            .map_err(|_| invalid(format!("unknown method `{method_name}`")))?;
-        let mut url =
-            reqwest::Url::parse(&url).map_err(|e| invalid(format!("bad url `{url}`: {e}")))?;
-        if let Some(Value::Object(query)) = m.get("query") {
-            let mut pairs = url.query_pairs_mut();
-            for (k, v) in query.iter() {
-                match v {
-                    Value::List(items) => {
-                        for item in items.iter() {
-                            pairs.append_pair(k, &text(item));
-                        }
-                    }
-                    Value::Undefined => {}
-                    other => {
-                        pairs.append_pair(k, &text(other));
-                    }
-                }
-            }
-        }
-        let mut headers = HeaderMap::new();
-        if let Some(Value::Object(h)) = m.get("headers") {
-            for (k, v) in h.iter() {
-                let name = HeaderName::from_bytes(k.as_bytes())
-                    .map_err(|_| invalid(format!("bad header name `{k}`")))?;
-                let value = HeaderValue::from_str(&text(v))
-                    .map_err(|_| invalid(format!("bad value for header `{k}`")))?;
-                headers.insert(name, value);
-            }
-        }
-        let correlation = HeaderValue::from_str(&self.run.correlation_id).ok();
-        if let Some(c) = correlation {
-            headers.insert("x-correlation-id", c);
-        }
-        if let Ok(ws) = HeaderValue::from_str(&self.ws.id) {
-            headers.insert("x-prismeai-workspace-id", ws);
-        }
-        let body = m.get("body").filter(|b| !b.is_undefined());
-        let body_bytes = match body {
-            Some(b) if method != reqwest::Method::GET => {
-                let ct = headers
-                    .get(CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_ascii_lowercase);
-                if ct.is_none() {
-                    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                }
-                Some(match b {
-                    Value::Object(o)
-                        if ct
-                            .as_deref()
-                            .is_some_and(|c| c.contains("application/x-www-form-urlencoded")) =>
-                    {
-                        let mut form = form_urlencoded::Serializer::new(String::new());
-                        for (k, v) in o.iter() {
-                            form.append_pair(k, &text(v));
-                        }
-                        form.finish().into_bytes()
-                    }
-                    Value::String(s) => s.as_bytes().to_vec(),
-                    other => other.to_json_string().into_bytes(),
-                })
-            }
-            _ => None,
-        };
-        let multipart = match m.get("multipart") {
-            Some(Value::List(parts)) if method != reqwest::Method::GET => Some(form(parts)?),
-            _ => None,
-        };
-
-        self.take(LimitKind::Fetchs, 1).await;
-        let max = self.rt.settings.fetch.max_connections_per_host;
-        let (host, waited) = self.rt.hosts.open(&url, max).await;
-        self.rt
-            .throttled(&self.ws.id, LimitKind::Fetchs, waited, &self.throttled);
-        let response = self
-            .send(&method, &url, &headers, body_bytes, multipart)
-            .await;
-        drop(host);
-        let response = response?;
-
-        let emit_errors = !matches!(m.get("emitErrors"), Some(Value::Bool(false)));
-        let body = decode_body(&response);
-        if response.status >= 400 && emit_errors {
-            let mut request = Map::new();
-            request.insert("url".into(), Value::str(url.as_str()));
-            request.insert("method".into(), Value::str(method_name.as_str()));
-            let mut resp = Map::new();
-            resp.insert("status".into(), Value::Number(response.status as f64));
-            resp.insert("body".into(), body.clone());
-            resp.insert("headers".into(), Value::object(response.headers.clone()));
-            let mut payload = Map::new();
-            payload.insert("request".into(), Value::object(request));
-            payload.insert("response".into(), Value::object(resp));
-            self.native_event(FETCH_FAILED, Value::object(payload))
-                .await?;
-        }
-        let detailed = |body: Value, headers: Map| {
-            let mut d = Map::new();
-            d.insert("headers".into(), Value::object(headers));
-            d.insert("status".into(), Value::Number(response.status as f64));
-            d.insert("body".into(), body);
-            Value::object(d)
-        };
-        if let Value::List(chunks) = &body {
-            if is_event_stream(&response.content_type) {
-                // An SSE answer is a detailed response whose body lists the chunks
-                // (`repeat on:` walks them); with `stream.event` each is also emitted.
-                if let Some(Value::Object(stream)) = m.get("stream") {
-                    self.emit_chunks(stream, chunks).await?;
-                }
-                return Ok(detailed(body.clone(), response.headers.clone()));
-            }
-        }
-        Ok(match m.get("outputMode").and_then(Value::as_str) {
-            Some("detailed_response") => detailed(body, response.headers.clone()),
-            Some("data_url") => Value::str(format!(
-                "data:{};base64,{}",
-                response.content_type,
-                base64::engine::general_purpose::STANDARD.encode(&response.bytes)
-            )),
-            _ => body,
-        })
-    }
-
-    /// Emits one `stream.event` per SSE chunk: `{index, chunk, additionalPayload}`,
-    /// plus `concatenated` (the text at `stream.concatenate.path` of every chunk
-    /// so far) when asked.
-    async fn emit_chunks(&self, stream: &Map, chunks: &[Value]) -> Result<(), ExecError> {
-        let Some(event) = stream.get("event").and_then(Value::as_str) else {
-            return Ok(());
-        };
-        // The name is the tenant's, even though the chunks go out as native events.
-        crate::bus::check_event_type(event)
-            .map_err(|e| ExecError::new(ErrorKind::InvalidEvent, e.to_string()))?;
-        let concat_path = stream
-            .get("concatenate")
-            .and_then(Value::as_object)
-            .and_then(|c| c.get("path"))
-            .and_then(Value::as_str)
-            .and_then(|p| crate::expr::parse_variable_name(p).ok());
-        let mut concatenated = String::new();
-        for (index, chunk) in chunks.iter().enumerate() {
-            let chunk = chunk
-                .as_object()
-                .and_then(|c| c.get("chunk"))
-                .cloned()
-                .unwrap_or_default();
-            let mut payload = Map::new();
-            payload.insert("index".into(), Value::Number(index as f64));
-            if let Some(path) = &concat_path {
-                let data = chunk.as_object().and_then(|c| c.get("data"));
-                for item in data.and_then(Value::as_list).into_iter().flatten() {
-                    concatenated.push_str(&text(&crate::expr::get_path(item, path)));
-                }
-                let mut c = Map::new();
-                c.insert("value".into(), Value::str(concatenated.as_str()));
-                payload.insert("concatenated".into(), Value::object(c));
-            }
-            payload.insert("chunk".into(), chunk);
-            if let Some(extra) = stream.get("payload") {
-                payload.insert("additionalPayload".into(), extra.clone());
-            }
-            self.take(LimitKind::Emits, 1).await;
-            self.native_event(event, Value::object(payload)).await?;
-        }
-        Ok(())
-    }
-
+impl Inner {
     /// Sends with up to two retries on a connection reset (as the reference does).
-    async fn send(
+    pub(super) async fn send(
         &self,
         method: &reqwest::Method,
         url: &reqwest::Url,
@@ -317,7 +137,7 @@ impl Exec<'_> {
         body: Option<Vec<u8>>,
         multipart: Option<Vec<Part>>,
     ) -> Result<Response, ExecError> {
-        let client = self.rt.http()?;
+        let client = self.http()?;
         client
             .guard
             .check_url(url)
@@ -344,7 +164,7 @@ impl Exec<'_> {
                     let what = if e.is_timeout() {
                         format!(
                             "timed out after {} ms (fetch.timeout_ms)",
-                            self.rt.settings.fetch.timeout_ms
+                            self.settings.fetch.timeout_ms
                         )
                     } else {
                         error_chain(&e)
@@ -386,7 +206,7 @@ impl Exec<'_> {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let cap = self.rt.settings.fetch.max_response_bytes;
+        let cap = self.settings.fetch.max_response_bytes;
         let mut bytes = Vec::new();
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
@@ -451,7 +271,7 @@ fn error_chain(e: &reqwest::Error) -> String {
     out
 }
 
-fn is_event_stream(content_type: &str) -> bool {
+pub(crate) fn is_event_stream(content_type: &str) -> bool {
     content_type
         .to_ascii_lowercase()
         .starts_with("text/event-stream")
@@ -486,7 +306,7 @@ fn sse_chunks(text: &str) -> Value {
 
 /// Parses a body by content type: JSON, SSE chunks, text, or (other binary
 /// types) text with invalid UTF-8 replaced.
-fn decode_body(r: &Response) -> Value {
+pub(crate) fn decode_body(r: &Response) -> Value {
     let ct = r.content_type.to_ascii_lowercase();
     if is_event_stream(&ct) {
         return sse_chunks(&String::from_utf8_lossy(&r.bytes));
@@ -500,14 +320,15 @@ fn decode_body(r: &Response) -> Value {
 }
 
 /// One multipart field, validated before any request is sent.
-struct Part {
+pub(crate) struct Part {
     name: String,
     bytes: Vec<u8>,
     filename: Option<String>,
     content_type: Option<String>,
 }
 
-fn form(parts: &[Value]) -> Result<Vec<Part>, ExecError> {
+/// The multipart fields of `multipart`, checked.
+pub(crate) fn form(parts: &[Value]) -> Result<Vec<Part>, ExecError> {
     parts
         .iter()
         .map(|p| {

@@ -4,6 +4,10 @@
 //! HTTP client); an execution is one automation run with its own local
 //! variables, sharing the `run`, `user` and `session` contexts with the
 //! automations it calls and the listeners of the events it emits.
+//!
+//! Each instruction of DSUL is one file of `instructions/`: its typed
+//! arguments, their checks at load and its execution; `exec` runs blocks of
+//! them and offers the few operations they need (writes, events, calls).
 
 mod args;
 mod budget;
@@ -12,115 +16,35 @@ mod contexts;
 mod error;
 mod exec;
 mod fetch;
+mod instructions;
 mod receipts;
 mod redact;
+mod start;
 #[cfg(test)]
 mod tests;
+mod vars;
 
 pub use contexts::RunState;
 pub use error::{ErrorKind, ExecError};
-pub use redact::{RedactedStderr, Redactor};
+pub use instructions::{Instruction, NAMES as INSTRUCTIONS};
 
-use crate::bus::{Bus, BusError, Event, EventHandler, Receipt, EXECUTED};
+/// A compiled automation of this interpreter's instructions.
+pub type Automation = crate::dsl::Automation<Instruction>;
+pub use redact::{RedactedStderr, Redactor};
+pub use start::{Outcome, Start, Trigger, TriggerKind};
+
+use crate::bus::{Bus, BusError, Event, EventHandler, Host, HttpSource, Receipt, Source, EXECUTED};
 use crate::config::Settings;
-use crate::dsl::Automation;
 use crate::limits::{LimitKind, Limiters};
 use crate::metrics::Metrics;
 use crate::value::{Map, Value};
 use crate::workspace::Workspace;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
-
-/// What started an execution (`run.trigger`).
-#[derive(Debug, Clone)]
-pub struct Trigger {
-    /// `endpoint`, `event`, `schedule` or `automation`.
-    pub kind: &'static str,
-    /// Endpoint name, event type, cron expression or caller slug.
-    pub value: String,
-    /// For events: the triggering event's id.
-    pub event_id: Option<String>,
-    /// For endpoints: set once the HTTP caller has gone away; the executed
-    /// event then says `callerGone: true`.
-    pub caller_gone: Option<Arc<AtomicBool>>,
-}
-
-impl Trigger {
-    /// A trigger of `kind` with `value`.
-    pub fn new(kind: &'static str, value: impl Into<String>) -> Trigger {
-        Trigger {
-            kind,
-            value: value.into(),
-            event_id: None,
-            caller_gone: None,
-        }
-    }
-
-    fn to_value(&self) -> Value {
-        let mut m = Map::with_capacity(3);
-        m.insert("type".into(), Value::str(self.kind));
-        m.insert("value".into(), Value::str(self.value.as_str()));
-        if let Some(id) = &self.event_id {
-            m.insert("id".into(), Value::str(id.as_str()));
-        }
-        Value::object(m)
-    }
-}
-
-/// The result of one execution.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    /// The automation's output (`{}` when it declares none).
-    pub output: Value,
-    /// Whether the body ended with `break`.
-    pub broke: bool,
-    /// Whether a `break: {scope: all}` must stop the callers too.
-    pub stop_callers: bool,
-    /// Time spent waiting on limiters, the execution's own and its callees'.
-    pub throttled: Duration,
-    /// Wall time of the execution, throttling included.
-    pub duration: Duration,
-    /// Instructions counted when it ended, its callees' included (for a call,
-    /// counting from the caller's count when the call started).
-    pub instructions: u64,
-}
-
-/// A request to run one automation from a trigger.
-pub struct Start {
-    /// The workspace id.
-    pub workspace: String,
-    /// The automation slug.
-    pub slug: String,
-    /// The trigger payload: each top-level key becomes a local variable.
-    pub payload: Map,
-    /// What triggered it.
-    pub trigger: Trigger,
-    /// Correlation id to continue (a new one when absent).
-    pub correlation_id: Option<String>,
-    /// Depth of the emitter for event triggers (0 otherwise).
-    pub depth: u32,
-    /// HTTP method and path for endpoint triggers (executed event `source.http`).
-    pub http: Option<(String, String)>,
-}
-
-impl Start {
-    /// A webhook-style start of `slug` with an empty payload and a new correlation id.
-    pub fn endpoint(workspace: &str, slug: &str) -> Start {
-        Start {
-            workspace: workspace.to_string(),
-            slug: slug.to_string(),
-            payload: Map::new(),
-            trigger: Trigger::new("endpoint", slug),
-            correlation_id: None,
-            depth: 0,
-            http: None,
-        }
-    }
-}
 
 /// The engine of one instance, cheap to clone.
 #[derive(Clone)]
@@ -328,10 +252,19 @@ impl Runtime {
                 format!("Automation not found: {}", start.slug),
             )
         })?;
-        let correlation_id = start
-            .correlation_id
-            .clone()
-            .unwrap_or_else(|| self.inner.new_id());
+        self.run_resolved(ws, automation, start).await
+    }
+
+    /// [`Runtime::run`] of an automation its caller already found (a webhook
+    /// resolves its endpoint's automations): the names in `start` are not
+    /// looked up again.
+    pub async fn run_resolved(
+        &self,
+        ws: Arc<Workspace>,
+        automation: Arc<Automation>,
+        start: Start,
+    ) -> Result<Outcome, ExecError> {
+        let correlation_id = start.correlation_id.unwrap_or_else(|| self.inner.new_id());
         let run = self.inner.runs.get(&correlation_id);
         self.inner
             .execute(Execution {
@@ -373,12 +306,11 @@ impl Runtime {
         kind: &str,
         payload: Value,
     ) -> Result<(), BusError> {
-        let mut source = Map::new();
-        source.insert("workspaceId".into(), Value::str(workspace));
-        source.insert(
-            "correlationId".into(),
-            Value::str(self.inner.new_id().as_str()),
-        );
+        let source = Source {
+            correlation_id: Some(self.inner.new_id()),
+            workspace_id: Some(workspace.to_string()),
+            ..Source::default()
+        };
         let mut event = self.inner.event(workspace, kind, payload, source);
         event.id = id;
         self.inner.record(&event);
@@ -399,6 +331,19 @@ struct Execution {
     instructions: u64,
 }
 
+impl Execution {
+    /// The source of events this execution sends, at call depth `depth`.
+    fn source(&self, depth: Option<u32>) -> Source {
+        Source {
+            correlation_id: Some(self.run.correlation_id.clone()),
+            workspace_id: Some(self.ws.id.clone()),
+            automation_slug: Some(self.automation.slug.clone()),
+            depth,
+            ..Source::default()
+        }
+    }
+}
+
 impl Inner {
     fn http(&self) -> Result<&fetch::Client, ExecError> {
         if let Some(c) = self.http.get() {
@@ -413,7 +358,7 @@ impl Inner {
         format!("{:08x}{:08x}", rand::random::<u32>(), n as u32)
     }
 
-    fn event(&self, workspace: &str, kind: &str, payload: Value, source: Map) -> Event {
+    fn event(&self, workspace: &str, kind: &str, payload: Value, source: Source) -> Event {
         Event {
             id: self.new_id(),
             workspace: workspace.to_string(),
@@ -511,34 +456,18 @@ impl Inner {
             redact::trigger_payload(&x.locals, &secret_args, headers)
         });
         let locals = std::mem::take(&mut x.locals);
-        let exec = exec::Exec {
-            rt: self,
-            ws: &x.ws,
-            automation: &x.automation,
-            run: &x.run,
-            limits,
-            locals: Mutex::new(locals),
-            depth: x.depth + 1,
-            trigger: &x.trigger,
-            throttled,
-            meter: budget::Meter::starting_at(x.instructions),
-            sizes: Mutex::default(),
-            sized: AtomicBool::new(false),
-            receipts: receipts::Receipts::default(),
-        };
-        let flow = exec.block(&x.automation.body).await?;
-        // Before the output: a caller must not see success for events not stored.
-        exec.receipts.collect().await?;
-        let output = exec.output()?;
-        let throttled = Duration::from_nanos(exec.throttled.load(Ordering::Relaxed));
+        // A local that the body borrows: the execution's state is large, and
+        // moving it into a future would copy it on every run.
+        let exec = exec::Exec::new(self, &x, limits, locals, throttled);
+        let done = exec.run().await?;
         let outcome = Outcome {
-            output,
-            broke: flow != exec::Flow::Continue,
-            stop_callers: flow == exec::Flow::Break { all: true },
-            throttled,
+            output: done.output,
+            broke: done.flow != exec::Flow::Continue,
+            stop_callers: done.flow == exec::Flow::Break { all: true },
+            throttled: done.throttled,
             // Waits on a test's simulated clock count as if they had been real.
             duration: started.elapsed() + (self.limits.simulated() - simulated),
-            instructions: exec.meter.count(),
+            instructions: done.instructions,
         };
         if let (Some(payload), Some(started_at)) = (trigger_payload, started_at) {
             self.executed(&x, &outcome, payload, started_at);
@@ -547,26 +476,17 @@ impl Inner {
     }
 
     fn executed(&self, x: &Execution, o: &Outcome, payload: Map, started_at: String) {
-        let mut source = Map::new();
-        source.insert(
-            "correlationId".into(),
-            Value::str(x.run.correlation_id.as_str()),
-        );
-        source.insert("workspaceId".into(), Value::str(x.ws.id.as_str()));
-        source.insert(
-            "automationSlug".into(),
-            Value::str(x.automation.slug.as_str()),
-        );
-        if let Some((method, path)) = &x.http {
-            let mut http = Map::new();
-            http.insert("method".into(), Value::str(method.as_str()));
-            http.insert("path".into(), Value::str(path.as_str()));
-            source.insert("http".into(), Value::object(http));
-        }
-        let mut host = Map::new();
-        host.insert("replica".into(), Value::str(self.replica.as_str()));
-        host.insert("service".into(), Value::str("sluice"));
-        source.insert("host".into(), Value::object(host));
+        let source = Source {
+            http: x.http.as_ref().map(|(method, path)| HttpSource {
+                method: method.clone(),
+                path: path.clone(),
+            }),
+            host: Some(Host {
+                replica: self.replica.clone(),
+                service: "sluice".into(),
+            }),
+            ..x.source(None)
+        };
         let mut p = Map::new();
         p.insert("slug".into(), Value::str(x.automation.slug.as_str()));
         p.insert("payload".into(), Value::object(payload));
@@ -622,19 +542,20 @@ impl EventHandler for Listeners {
                 let mut locals = Map::with_capacity(3);
                 locals.insert("payload".into(), event.payload.clone());
                 locals.insert("id".into(), Value::str(event.id.as_str()));
-                locals.insert("source".into(), Value::object(event.source.clone()));
+                locals.insert("source".into(), event.source.to_value());
                 let correlation_id = event
-                    .correlation_id()
-                    .map(str::to_string)
+                    .source
+                    .correlation_id
+                    .clone()
                     .unwrap_or_else(|| inner.new_id());
                 let x = Execution {
                     ws: ws.clone(),
                     automation: automation.clone(),
                     locals,
                     run: inner.runs.get(&correlation_id),
-                    depth: event.depth(),
+                    depth: event.source.depth.unwrap_or(0),
                     trigger: Trigger {
-                        kind: "event",
+                        kind: TriggerKind::Event,
                         value: event.kind.clone(),
                         event_id: Some(event.id.clone()),
                         caller_gone: None,

@@ -31,13 +31,11 @@ fn fixture_with(files: &[(&str, &str)], tune: impl FnOnce(&mut Settings)) -> Fix
 }
 
 fn start(slug: &str, payload: J) -> Start {
-    Start {
-        payload: match Value::from(payload) {
-            Value::Object(m) => (*m).clone(),
-            _ => Map::new(),
-        },
-        ..Start::endpoint("ws", slug)
-    }
+    let payload = match Value::from(payload) {
+        Value::Object(m) => (*m).clone(),
+        _ => Map::new(),
+    };
+    Start::endpoint("ws", slug).with_payload(payload)
 }
 
 impl Fixture {
@@ -257,7 +255,7 @@ async fn executed_event_has_the_spec_shape() {
     assert_eq!(p["break"], false);
     assert!(p["duration"].is_u64());
     assert!(p.get("throttled").is_none());
-    let s = Value::object(e.source.clone()).to_json();
+    let s = e.source.to_value().to_json();
     assert_eq!(s["workspaceId"], "ws");
     assert_eq!(s["automationSlug"], "main");
     assert_eq!(s["host"]["service"], "sluice");
@@ -314,9 +312,24 @@ async fn repeat_on_a_huge_number_iterates_lazily_until_the_instruction_budget() 
         .unwrap_err();
     assert_eq!(budget_of(&e), "max_instructions");
     assert!(e.message.contains("more than 10000 instructions"), "{e}");
+    assert_eq!(e.automation.as_deref(), Some("main"), "{e:?}");
+    let at = e.span.as_ref().map(|s| (s.line, s.col));
+    assert_eq!(at, Some((2, 5)), "{e:?}");
+}
+
+#[tokio::test]
+async fn a_run_time_error_points_at_the_instruction_that_failed() {
+    let f = fixture(&[(
+        "main",
+        "do:\n  - set: {name: a, value: 1}\n  - conditions:\n      'true':\n        - set: {name: b, value: 2}\n        - set: {name: '{{missing}}', value: 1}\n",
+    )]);
+    let e = f.run("main", json!({})).await.unwrap_err();
+    let at = e.span.as_ref().map(|s| (s.line, s.col));
+    assert_eq!(at, Some((6, 11)), "{e}");
     assert!(
-        e.location.as_deref().unwrap_or("").contains("main"),
-        "{e:?}"
+        e.to_string()
+            .starts_with("automation `main` (main.yml:6:11): Invalid set instruction"),
+        "{e}"
     );
 }
 

@@ -14,8 +14,9 @@ pub use library::{Installer, Library};
 pub use redact::{secret_texts, Redactor};
 pub use watch::{Change, Edit, Watcher};
 
-use crate::dsl::{parse_automation, parse_yaml, Automation, Diagnostic};
+use crate::dsl::{parse_automation, parse_yaml, Diagnostic};
 use crate::limits::Budgets;
+use crate::runtime::Automation;
 use crate::value::{Map, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -55,8 +56,41 @@ pub struct Workspace {
 impl Workspace {
     /// The enabled automation with this slug.
     pub fn automation(&self, slug: &str) -> Option<&Arc<Automation>> {
-        self.automations.get(slug).filter(|a| !a.disabled)
+        callable(&self.automations, slug)
     }
+
+    /// The enabled automation with this slug, or why there is none, naming the
+    /// ones there are (for `sluice run`).
+    pub fn require(&self, slug: &str) -> Result<&Arc<Automation>, String> {
+        self.automation(slug).ok_or_else(|| {
+            let slugs = enabled_slugs(&self.automations);
+            let known = if slugs.is_empty() {
+                "; it has no enabled automation".to_string()
+            } else {
+                crate::dsl::one_of(slug, &slugs)
+            };
+            format!("no automation `{slug}` in workspace {}{known}", self.id)
+        })
+    }
+}
+
+/// The one rule for running or calling an automation: it exists and is enabled.
+fn callable<'a>(
+    automations: &'a HashMap<String, Arc<Automation>>,
+    slug: &str,
+) -> Option<&'a Arc<Automation>> {
+    automations.get(slug).filter(|a| !a.disabled)
+}
+
+/// The slugs of the enabled automations, sorted.
+fn enabled_slugs(automations: &HashMap<String, Arc<Automation>>) -> Vec<&str> {
+    let mut slugs: Vec<&str> = automations
+        .values()
+        .filter(|a| !a.disabled)
+        .map(|a| a.slug.as_str())
+        .collect();
+    slugs.sort_unstable();
+    slugs
 }
 
 /// Whether `path` is one of a workspace folder's files (automations and `workspace.yml`):
@@ -194,7 +228,6 @@ pub fn load_with(
     let mut automations: HashMap<String, Arc<Automation>> = HashMap::new();
     let mut diagnostics = Vec::new();
     // Kept to locate calls to missing automations once every slug is known.
-    let mut texts: HashMap<PathBuf, String> = HashMap::new();
     for file in files {
         let text = match read_bounded(&file, max_file_bytes) {
             Ok(t) => t,
@@ -230,7 +263,6 @@ pub fn load_with(
                     continue;
                 }
                 automations.insert(a.slug.clone(), Arc::new(a));
-                texts.insert(file, text);
             }
             Err(d) => errors.push(d),
         }
@@ -238,7 +270,7 @@ pub fn load_with(
     if !errors.is_empty() {
         return Err(errors);
     }
-    diagnostics.extend(missing_calls(&automations, &texts));
+    diagnostics.extend(missing_calls(&automations));
     let mut listeners: HashMap<String, Vec<Arc<Automation>>> = HashMap::new();
     let mut endpoints: HashMap<String, Vec<Arc<Automation>>> = HashMap::new();
     let mut sorted: Vec<&Arc<Automation>> = automations.values().collect();
@@ -272,32 +304,27 @@ pub fn load_with(
 }
 
 /// The calls to automations that are not in `automations` (or are disabled),
-/// each located at the callee's name in its file.
-fn missing_calls(
-    automations: &HashMap<String, Arc<Automation>>,
-    texts: &HashMap<PathBuf, String>,
-) -> Vec<Diagnostic> {
+/// each at the callee's name in its file, with the closest instruction or
+/// automation name: in DSUL a misspelt instruction is a call.
+fn missing_calls(automations: &HashMap<String, Arc<Automation>>) -> Vec<Diagnostic> {
     let mut found = Vec::new();
     let mut sorted: Vec<&Arc<Automation>> = automations.values().collect();
     sorted.sort_by(|a, b| a.slug.cmp(&b.slug));
-    for a in sorted {
-        for (callee, line) in a.calls() {
-            if automations.get(callee).is_some_and(|c| !c.disabled) {
+    let mut valid: Vec<&str> = crate::runtime::INSTRUCTIONS.to_vec();
+    valid.extend(enabled_slugs(automations));
+    for a in &sorted {
+        for (callee, span) in a.calls() {
+            if callable(automations, callee).is_some() {
                 continue;
             }
-            let column = texts
-                .get(&a.file)
-                .and_then(|t| t.lines().nth(line.checked_sub(1)?))
-                .and_then(|l| l.find(callee).map(|at| l[..at].chars().count() + 1))
-                .unwrap_or(0);
-            found.push(Diagnostic {
-                file: a.file.clone(),
-                line,
-                column,
-                message: format!(
-                    "`{callee}` is neither an instruction nor an automation of this workspace"
+            let message = match automations.get(callee) {
+                Some(_) => format!("automation `{callee}` is disabled, so it cannot be called"),
+                None => format!(
+                    "unknown instruction or automation `{callee}`{}",
+                    crate::dsl::one_of(callee, &valid)
                 ),
-            });
+            };
+            found.push(Diagnostic::at(span, message));
         }
     }
     found
@@ -405,6 +432,22 @@ mod tests {
     }
 
     #[test]
+    fn require_names_the_enabled_automations_with_the_closest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hello.yml"), "do: []\n").unwrap();
+        std::fs::write(dir.path().join("off.yml"), "disabled: true\ndo: []\n").unwrap();
+        let ws = load(dir.path(), None).unwrap();
+        assert!(ws.require("hello").is_ok());
+        let missing = ws.require("helo").err().unwrap_or_default();
+        assert!(
+            missing.ends_with("; did you mean `hello`? expected one of hello"),
+            "{missing}"
+        );
+        let disabled = ws.require("off").err().unwrap_or_default();
+        assert!(disabled.starts_with("no automation `off`"), "{disabled}");
+    }
+
+    #[test]
     fn a_call_to_a_missing_automation_is_a_located_diagnostic() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
@@ -426,7 +469,8 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(
             found[0].ends_with(
-                "a.yml:3:5: `nobody` is neither an instruction nor an automation of this workspace"
+                "a.yml:3:5: unknown instruction or automation `nobody`; expected one of set, \
+                 delete, conditions, repeat, all, break, emit, wait, fetch, comment, a, b"
             ),
             "{found:?}"
         );

@@ -5,7 +5,6 @@ use super::acks::{Delivery, Untrack, Work, FINISHED, RUNNING};
 use super::wire::decode;
 use crate::bus::{Event, EventHandler};
 use crate::metrics::Metrics;
-use crate::value::Value;
 use async_nats::jetstream::consumer::{pull, PullConsumer};
 use async_nats::jetstream::{self, AckKind};
 use futures::stream::{SelectAll, Stream, StreamExt};
@@ -166,10 +165,9 @@ impl Puller {
                 earlier_deliveries = delivered - 1,
                 "event redelivered: its listeners may have run before"
             );
-            let earlier = Value::Number((delivered - 1) as f64);
-            event.source.insert("redelivered".into(), earlier);
+            event.source.redelivered = Some(delivered.saturating_sub(1) as u32);
         } else {
-            event.source.shift_remove("redelivered");
+            event.source.redelivered = None;
         }
         let delivery = Arc::new(Delivery {
             client: self.client.clone(),

@@ -2,7 +2,7 @@
 //! (`sluice.<workspace>.events.<type>`, `sluice.<workspace>.executed`).
 
 use crate::bus::{BusError, Event};
-use crate::value::{Map, Value};
+use crate::value::Value;
 use serde::{Deserialize, Serialize};
 
 /// An event as it travels on NATS: the whole [`Event`] as JSON.
@@ -13,23 +13,18 @@ pub(super) struct Wire {
     #[serde(rename = "type")]
     pub(super) kind: String,
     pub(super) payload: serde_json::Value,
-    pub(super) source: serde_json::Map<String, serde_json::Value>,
+    pub(super) source: crate::bus::Source,
     #[serde(rename = "createdAt")]
     pub(super) created_at: String,
 }
 
 pub(super) fn encode(event: &Event) -> Result<Vec<u8>, BusError> {
-    let source = event
-        .source
-        .iter()
-        .map(|(k, v)| (k.clone(), v.to_json()))
-        .collect();
     let wire = Wire {
         id: event.id.clone(),
         workspace: event.workspace.clone(),
         kind: event.kind.clone(),
         payload: event.payload.to_json(),
-        source,
+        source: event.source.clone(),
         created_at: event.created_at.clone(),
     };
     serde_json::to_vec(&wire).map_err(|e| BusError::Encode(e.to_string()))
@@ -37,17 +32,12 @@ pub(super) fn encode(event: &Event) -> Result<Vec<u8>, BusError> {
 
 pub(super) fn decode(bytes: &[u8]) -> Result<Event, serde_json::Error> {
     let wire: Wire = serde_json::from_slice(bytes)?;
-    let source: Map = wire
-        .source
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::from_json(v)))
-        .collect();
     Ok(Event {
         id: wire.id,
         workspace: wire.workspace,
         kind: wire.kind,
         payload: Value::from_json(&wire.payload),
-        source,
+        source: wire.source,
         created_at: wire.created_at,
     })
 }
@@ -99,9 +89,11 @@ mod tests {
 
     #[test]
     fn events_survive_the_wire() {
-        let mut source = Map::new();
-        source.insert("correlationId".into(), Value::str("c1"));
-        source.insert("depth".into(), Value::Number(2.0));
+        let source = crate::bus::Source {
+            correlation_id: Some("c1".into()),
+            depth: Some(2),
+            ..Default::default()
+        };
         let event = Event {
             id: "e1".into(),
             workspace: "ws".into(),
