@@ -188,7 +188,7 @@ async fn webhook_status_codes() {
         message.contains("Automation not found: nobody"),
         "{message}"
     );
-    assert!(message.contains("(fail.yml:4)"), "{message}");
+    assert!(message.contains("(fail.yml:4:5)"), "{message}");
     let folder = s._dir.path().to_string_lossy().into_owned();
     assert!(!message.contains(&folder), "{message}");
 }
