@@ -13,6 +13,7 @@
 mod bucket;
 pub mod budgets;
 pub mod clock;
+pub mod named;
 mod secrets;
 pub mod values;
 
