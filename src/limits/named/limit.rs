@@ -11,7 +11,6 @@ use super::permit::{ns, Permit, Signal, Turn};
 use crate::limits::clock::TimeSource;
 use governor::clock::Clock;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -52,7 +51,6 @@ pub struct Limit {
     name: Arc<str>,
     time: TimeSource,
     shards: Box<[Mutex<Shard>]>,
-    hasher: RandomState,
     next_id: AtomicU64,
     counters: Counters,
 }
@@ -95,7 +93,6 @@ impl Limit {
                     })
                 })
                 .collect(),
-            hasher: RandomState::new(),
             next_id: AtomicU64::new(0),
             counters: Counters::default(),
         }
@@ -110,7 +107,7 @@ impl Limit {
         let i = if self.shards.len() == 1 {
             0
         } else {
-            (self.hasher.hash_one(key) as usize) % self.shards.len()
+            spread(key) % self.shards.len()
         };
         self.shards[i]
             .lock()
@@ -125,22 +122,39 @@ impl Limit {
     pub(super) fn start(self: &Arc<Self>, want: Want<'_>, own: Option<&Arc<Params>>) -> Start {
         let now = self.now();
         let mut guard = self.shard(want.key);
-        let shard = &mut *guard;
-        if !shard.keys.contains_key(want.key) {
-            if shard.keys.len() >= shard.sweep_at {
-                sweep(shard, now);
-            }
-            let entry = Entry {
-                state: KeyState::new(),
-                params: own.cloned(),
-            };
-            shard.keys.insert(Box::from(want.key), entry);
+        let Shard {
+            params,
+            keys,
+            sweep_at,
+        } = &mut *guard;
+        if let Some(entry) = keys.get_mut(want.key) {
+            return self.decide(entry, params, own, want, now);
         }
-        let Some(entry) = shard.keys.get_mut(want.key) else {
-            return Start::Refused(None);
+        if keys.len() >= *sweep_at {
+            *sweep_at = sweep(keys, now);
+        }
+        let mut entry = Entry {
+            state: KeyState::new(),
+            params: own.cloned(),
         };
-        self.adopt(entry, &shard.params, own, now);
-        let params = entry.params.as_ref().unwrap_or(&shard.params);
+        let start = self.decide(&mut entry, params, own, want, now);
+        if !entry.state.is_idle(now) {
+            keys.insert(Box::from(want.key), entry);
+        }
+        start
+    }
+
+    /// The decision for one key, under its shard's lock.
+    fn decide(
+        self: &Arc<Self>,
+        entry: &mut Entry,
+        base: &Arc<Params>,
+        own: Option<&Arc<Params>>,
+        want: Want<'_>,
+        now: u64,
+    ) -> Start {
+        self.adopt(entry, base, own, now);
+        let params = entry.params.as_ref().unwrap_or(base);
         if params.shadow {
             let (would, slot, _over) = entry.state.shadow(params, now, want.units);
             if would > 0 {
@@ -297,10 +311,14 @@ impl Limit {
     /// Forgets idle keys; returns how many.
     pub(super) fn sweep(&self) -> usize {
         let now = self.now();
-        self.shards
-            .iter()
-            .map(|s| sweep(&mut s.lock().unwrap_or_else(PoisonError::into_inner), now))
-            .sum()
+        let mut dropped = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            let before = shard.keys.len();
+            shard.sweep_at = sweep(&mut shard.keys, now);
+            dropped += before - shard.keys.len();
+        }
+        dropped
     }
 
     /// What the operator view and metrics show.
@@ -365,16 +383,25 @@ pub struct Snapshot {
     pub shadow_wait_seconds: f64,
 }
 
-/// Drops the idle keys of one shard and gives their memory back.
-fn sweep(shard: &mut Shard, now: u64) -> usize {
-    let before = shard.keys.len();
-    shard.keys.retain(|_, e| !e.state.is_idle(now));
-    let len = shard.keys.len();
-    if len * 4 < shard.keys.capacity() {
-        shard.keys.shrink_to_fit();
+/// Drops the idle keys of one shard, gives their memory back, and returns the size at
+/// which the shard should sweep next.
+fn sweep(keys: &mut HashMap<Box<str>, Entry>, now: u64) -> usize {
+    keys.retain(|_, e| !e.state.is_idle(now));
+    if keys.len() * 4 < keys.capacity() {
+        keys.shrink_to_fit();
     }
-    shard.sweep_at = (len * 2).max(FIRST_SWEEP);
-    before - len
+    (keys.len() * 2).max(FIRST_SWEEP)
+}
+
+/// FNV-1a of the key, to pick its shard: cheap, and needing no resistance to chosen keys,
+/// since each shard's map hashes with a random key anyway.
+fn spread(key: &str) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as usize
 }
 
 fn nanos(d: Duration) -> u64 {

@@ -3,6 +3,7 @@
 //!
 //! Layout, one idea per module:
 //! - [`spec`]: the settings model, read from YAML and checked once, with error paths.
+//! - [`uses`]: the places that use a limit (`limits:` entries, `acquire`).
 //! - `gcra`: the rate arithmetic over units (continuous refill, pieces above the burst).
 //! - `lanes`: the waiting line (stride-scheduled lanes, then priority, then arrival).
 //! - [`machine`]: one key's decisions as a synchronous state machine (time in, events out),
@@ -22,11 +23,13 @@ mod limit;
 pub mod machine;
 mod permit;
 pub mod spec;
+pub mod uses;
 
 pub use lanes::RequestId;
 pub use limit::Snapshot;
 pub use permit::Permit;
-pub use spec::{LimitSpec, Number, Per, Scope, SpecError, Target, Use};
+pub use spec::{LimitSpec, Number, Per, Scope, SpecError};
+pub use uses::{Target, Use};
 
 use crate::expr::{js_number_to_string, Scope as Variables};
 use crate::limits::clock::TimeSource;
@@ -34,11 +37,11 @@ use crate::limits::values::parse_number;
 use crate::value::Value;
 use limit::{Limit, Start, Want};
 use machine::Params;
-use spec::Inline;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
+use uses::Inline;
 
 /// The lane of a request that names none (for a workspace's own limits).
 pub const DEFAULT_LANE: &str = "default";
@@ -93,7 +96,7 @@ impl Ask {
             limit: Arc::from(limit),
             key: key.to_owned(),
             units: 1.0,
-            priority: spec::DEFAULT_PRIORITY,
+            priority: uses::DEFAULT_PRIORITY,
             lane: None,
             wait: None,
             rate: None,
@@ -105,7 +108,8 @@ impl Ask {
 /// What a granted acquisition holds and reports.
 #[derive(Debug, Default)]
 pub struct Acquired {
-    /// Released when dropped (the execution or the `do` block ended).
+    /// The concurrency slots held, released when dropped (the execution or the `do` block
+    /// ended); rate-only grants leave nothing to release.
     pub permits: Vec<Permit>,
     /// Time waited per limit, for `throttledBy` (only limits that made it wait).
     pub waited: Vec<(Arc<str>, Duration)>,
@@ -114,6 +118,13 @@ pub struct Acquired {
 }
 
 impl Acquired {
+    /// Keeps a permit that has something to give back (a rate-only grant has nothing).
+    fn keep(&mut self, p: Permit) {
+        if p.holds_slot() {
+            self.permits.push(p);
+        }
+    }
+
     /// The whole wait.
     pub fn total_wait(&self) -> Duration {
         self.waited.iter().map(|(_, d)| *d).sum()
@@ -387,62 +398,78 @@ impl NamedLimits {
     }
 
     async fn take(&self, ask: &Ask, got: &mut Acquired) -> Result<(), AcquireError> {
-        let (limit, shared, own) = match &ask.inline {
-            Some(i) => {
-                let own = match &i.params {
-                    Some(p) => Arc::clone(p),
-                    None => Arc::new(i.spec.params(ask.rate)),
-                };
-                (Arc::clone(&self.0.inline), false, Some(own))
-            }
-            None => {
-                let (d, shared) = self
-                    .declared(&ask.limit)
-                    .ok_or_else(|| AcquireError::Unknown(Arc::clone(&ask.limit)))?;
-                let own = d
-                    .spec
-                    .rate_is_template()
-                    .then(|| Arc::new(d.spec.params(ask.rate)));
-                (d.limit, shared, own)
-            }
-        };
-        let lane = match (&ask.lane, shared, &self.0.workspace) {
-            (Some(l), _, _) => l.as_str(),
-            (None, true, Some(ws)) => ws,
-            _ => DEFAULT_LANE,
-        };
-        let want = Want {
-            key: &ask.key,
-            units: ask.units,
-            priority: ask.priority,
-            lane,
-            wait: ask.wait,
-        };
-        let name = Arc::clone(&ask.limit);
         let refused = |retry_after| AcquireError::Refused {
-            limit: Arc::clone(&name),
+            limit: Arc::clone(&ask.limit),
             key: ask.key.clone(),
             wait: ask.wait.unwrap_or_default(),
             retry_after,
         };
-        match limit.start(want, own.as_ref()) {
-            Start::Granted(p) => got.permits.push(p),
+        match self.start(ask)? {
+            Start::Granted(p) => got.keep(p),
             Start::Shadow(p, would) => {
-                got.permits.push(p);
+                got.keep(p);
                 if !would.is_zero() {
-                    got.shadow.push((Arc::clone(&name), would));
+                    got.shadow.push((Arc::clone(&ask.limit), would));
                 }
             }
             Start::Refused(retry) => return Err(refused(retry)),
             Start::Wait(w) => {
                 let (p, waited) = Box::pin(w.finish()).await.map_err(refused)?;
-                got.permits.push(p);
+                got.keep(p);
                 if !waited.is_zero() {
-                    got.waited.push((Arc::clone(&name), waited));
+                    got.waited.push((Arc::clone(&ask.limit), waited));
                 }
             }
         }
         Ok(())
+    }
+
+    /// Resolves the limit of `ask` and starts taking it, under the registry's read lock
+    /// (held for the few steps of the decision only, so the common path clones nothing).
+    fn start(&self, ask: &Ask) -> Result<Start, AcquireError> {
+        if let Some(i) = &ask.inline {
+            let own = match &i.params {
+                Some(p) => Arc::clone(p),
+                None => Arc::new(i.spec.params(ask.rate)),
+            };
+            return Ok(self.0.inline.start(self.want(ask, false), Some(&own)));
+        }
+        let own_or_shared = [Some(self), self.0.shared.as_ref()];
+        for (registry, shared) in own_or_shared
+            .into_iter()
+            .zip([self.0.workspace.is_none(), true])
+        {
+            let Some(registry) = registry else { continue };
+            let map = registry
+                .0
+                .limits
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(d) = map.get(&*ask.limit) {
+                let own = d
+                    .spec
+                    .rate_is_template()
+                    .then(|| Arc::new(d.spec.params(ask.rate)));
+                return Ok(d.limit.start(self.want(ask, shared), own.as_ref()));
+            }
+        }
+        Err(AcquireError::Unknown(Arc::clone(&ask.limit)))
+    }
+
+    /// What `ask` wants of one limit; the lane defaults to the workspace's for a shared one.
+    fn want<'a>(&'a self, ask: &'a Ask, shared: bool) -> Want<'a> {
+        let lane = match (&ask.lane, shared, &self.0.workspace) {
+            (Some(l), _, _) => l.as_str(),
+            (None, true, Some(ws)) => ws,
+            _ => DEFAULT_LANE,
+        };
+        Want {
+            key: &ask.key,
+            units: ask.units,
+            priority: ask.priority,
+            lane,
+            wait: ask.wait,
+        }
     }
 
     /// Forgets idle keys (full, unheld, nobody waiting) of every limit here; returns how

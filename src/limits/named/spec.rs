@@ -1,6 +1,6 @@
-//! The settings model of named limits (SPEC section 7): a declared limit ([`LimitSpec`])
-//! and a place that uses one ([`Use`]: an automation's `limits:` entry or `acquire`), read
-//! from YAML as loaded and checked once, so that nothing is re-parsed at acquisition.
+//! The settings model of named limits (SPEC section 7): a declared limit ([`LimitSpec`]),
+//! read from YAML as loaded and checked once, so that nothing is re-parsed at acquisition.
+//! The places that use a limit are read by `uses` with the same field readers.
 //!
 //! Every error carries the path of keys to the offending YAML node, so that the caller can
 //! turn it into file:line:column, and says the bad value and the valid choices.
@@ -26,15 +26,9 @@ pub const LIMIT_FIELDS: [&str; 8] = [
     "shadow",
     "scope",
 ];
-/// The fields of a use, besides an inline limit's.
-pub const USE_FIELDS: [&str; 5] = ["limit", "units", "priority", "lane", "wait"];
-/// Priority when none is given.
-pub const DEFAULT_PRIORITY: i64 = 10;
 /// The largest concurrency, lane weight bound and wait accepted.
 const MAX_CONCURRENCY: f64 = 1_000_000.0;
 const MAX_WEIGHT: f64 = 1000.0;
-const MAX_WAIT_MS: f64 = 1e12;
-const MAX_PRIORITY: f64 = 1e12;
 
 /// A problem in limit settings, at `path` (YAML keys from the file's root).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -237,7 +231,7 @@ pub fn check_not_shared(
         .collect()
 }
 
-fn check_name(name: &str, path: &[String]) -> Result<(), SpecError> {
+pub(super) fn check_name(name: &str, path: &[String]) -> Result<(), SpecError> {
     if RESERVED.contains(&name) {
         return Err(err(
             path,
@@ -257,7 +251,7 @@ fn check_name(name: &str, path: &[String]) -> Result<(), SpecError> {
 type Reader<'a> = dyn FnMut(&Value, &[String]) -> Result<(), String> + 'a;
 
 /// Reads the fields of a limit; `extra` are other fields the caller allows.
-fn limit_body(
+pub(super) fn limit_body(
     name: Arc<str>,
     m: &Map,
     path: &[String],
@@ -408,172 +402,8 @@ pub fn check_rate(rate: f64, per: Per, burst: Option<f64>) -> Result<(), String>
     Ok(())
 }
 
-/// What a use acquires.
-#[derive(Clone, Debug)]
-pub enum Target {
-    /// A declared limit (workspace or shared), by name.
-    Named(Arc<str>),
-    /// An inline limit; its rendered key names it.
-    Inline(Arc<Inline>),
-}
-
-/// An inline limit, with its settings prepared once when they are constant.
-#[derive(Debug)]
-pub struct Inline {
-    /// The declaration (its `name` is the key's text).
-    pub spec: LimitSpec,
-    /// The settings, unless the rate is a template.
-    pub params: Option<Arc<Params>>,
-}
-
-/// One use of a limit: an automation's `limits:` entry or an `acquire`.
-#[derive(Clone, Debug)]
-pub struct Use {
-    /// What it acquires.
-    pub target: Target,
-    /// Units against the rate; 1 by default.
-    pub units: Number,
-    /// Higher first within a lane.
-    pub priority: Number,
-    /// The lane; `default` (or, for a shared limit, the workspace id) when absent.
-    pub lane: Option<Template>,
-    /// Longest wait; `None` waits for ever, zero is now or never.
-    pub wait: Option<Duration>,
-    /// Where it was written, for run-time errors.
-    pub path: Vec<String>,
-}
-
-impl Use {
-    /// Reads an automation's `limits:` entry: a name, or a map of use (and inline) fields.
-    pub fn parse_entry(v: &Value, path: &[String]) -> Result<Use, Vec<SpecError>> {
-        match v {
-            Value::String(name) => {
-                check_name(name, path).map_err(|e| vec![e])?;
-                Ok(Use::named(Arc::from(&**name), path))
-            }
-            Value::Object(m) => Use::parse_map(m, path, &[]),
-            other => Err(vec![err(
-                path,
-                format!(
-                    "expected a limit name or a map ({}), found {}",
-                    USE_FIELDS.join(", "),
-                    describe(other)
-                ),
-            )]),
-        }
-    }
-
-    /// Reads the fields of an `acquire`; its `do` and `else` are the caller's.
-    pub fn parse_acquire(m: &Map, path: &[String]) -> Result<Use, Vec<SpecError>> {
-        Use::parse_map(m, path, &["do", "else"])
-    }
-
-    fn named(name: Arc<str>, path: &[String]) -> Use {
-        Use {
-            target: Target::Named(name),
-            units: Number::Const(1.0),
-            priority: Number::Const(DEFAULT_PRIORITY as f64),
-            lane: None,
-            wait: None,
-            path: path.to_vec(),
-        }
-    }
-
-    fn parse_map(m: &Map, path: &[String], extra: &[&str]) -> Result<Use, Vec<SpecError>> {
-        let mut errors = Vec::new();
-        let own: Vec<&str> = USE_FIELDS.iter().chain(extra).copied().collect();
-        let target = match m.get("limit") {
-            Some(Value::String(name)) => {
-                for k in m.keys().filter(|k| !own.contains(&k.as_str())) {
-                    let why = if LIMIT_FIELDS.contains(&k.as_str()) {
-                        format!("`{k}` cannot be given with `limit`: it belongs to the declaration of `{name}`")
-                    } else {
-                        format!("unknown field `{k}`; expected one of: {}", own.join(", "))
-                    };
-                    errors.push(err(&child(path, k), why));
-                }
-                match check_name(name, &child(path, "limit")) {
-                    Ok(()) => Some(Target::Named(Arc::from(&**name))),
-                    Err(e) => {
-                        errors.push(e);
-                        None
-                    }
-                }
-            }
-            Some(other) => {
-                errors.push(err(
-                    &child(path, "limit"),
-                    format!("expected a limit name, found {}", describe(other)),
-                ));
-                None
-            }
-            None => match m.get("key") {
-                Some(Value::String(key)) => match limit_body(Arc::from(&**key), m, path, &own) {
-                    Ok(spec) => {
-                        let params =
-                            (!spec.rate_is_template()).then(|| Arc::new(spec.params(None)));
-                        Some(Target::Inline(Arc::new(Inline { spec, params })))
-                    }
-                    Err(mut e) => {
-                        errors.append(&mut e);
-                        None
-                    }
-                },
-                _ => {
-                    errors.push(err(path, "expected `limit` (a declared limit's name) or an inline limit with a `key`".into()));
-                    None
-                }
-            },
-        };
-        let mut u = Use::named(Arc::from(""), path);
-        let mut field = |k: &str, read: &mut dyn FnMut(&Value) -> Result<(), String>| {
-            if let Some(v) = m.get(k).filter(|v| !v.is_nullish()) {
-                if let Err(message) = read(v) {
-                    errors.push(err(&child(path, k), message));
-                }
-            }
-        };
-        field("units", &mut |v| {
-            number(v, "a positive number of units").map(|n| u.units = n)
-        });
-        field("priority", &mut |v| match v {
-            Value::String(_) => template(v).map(|t| u.priority = Number::Template(t)),
-            _ => whole(v, -MAX_PRIORITY, MAX_PRIORITY).map(|n| u.priority = Number::Const(n)),
-        });
-        field("lane", &mut |v| template(v).map(|t| u.lane = Some(t)));
-        field("wait", &mut |v| {
-            whole(v, 0.0, MAX_WAIT_MS).map(|ms| u.wait = Some(Duration::from_millis(ms as u64)))
-        });
-        match target {
-            Some(target) if errors.is_empty() => Ok(Use { target, ..u }),
-            _ => Err(errors),
-        }
-    }
-
-    /// An error when this use names a limit that `known` does not know; `names` are the
-    /// declared ones, listed as the valid choices.
-    pub fn check_known(&self, known: &dyn Fn(&str) -> bool, names: &[&str]) -> Option<SpecError> {
-        match &self.target {
-            Target::Named(name) if !known(name) => {
-                let path = if self.path.is_empty() {
-                    Vec::new()
-                } else {
-                    self.path.clone()
-                };
-                let choices = if names.is_empty() {
-                    "none are declared (add it under `limits:` in workspace.yml)".to_string()
-                } else {
-                    format!("expected one of: {}", names.join(", "))
-                };
-                Some(err(&path, format!("unknown limit `{name}`; {choices}")))
-            }
-            _ => None,
-        }
-    }
-}
-
 /// A constant positive number, or a template.
-fn number(v: &Value, what: &str) -> Result<Number, String> {
+pub(super) fn number(v: &Value, what: &str) -> Result<Number, String> {
     match v {
         Value::String(s) if s.contains("{{") || s.contains("{%") => {
             template(v).map(Number::Template)
@@ -582,14 +412,14 @@ fn number(v: &Value, what: &str) -> Result<Number, String> {
     }
 }
 
-fn positive(v: &Value, what: &str) -> Result<f64, String> {
+pub(super) fn positive(v: &Value, what: &str) -> Result<f64, String> {
     match v.as_f64() {
         Some(n) if n.is_finite() && n > 0.0 => Ok(n),
         _ => Err(format!("{} is not {what}", show(v))),
     }
 }
 
-fn whole(v: &Value, min: f64, max: f64) -> Result<f64, String> {
+pub(super) fn whole(v: &Value, min: f64, max: f64) -> Result<f64, String> {
     match v.as_f64() {
         Some(n) if n.fract() == 0.0 && (min..=max).contains(&n) => Ok(n),
         _ => Err(format!(
@@ -599,7 +429,7 @@ fn whole(v: &Value, min: f64, max: f64) -> Result<f64, String> {
     }
 }
 
-fn template(v: &Value) -> Result<Template, String> {
+pub(super) fn template(v: &Value) -> Result<Template, String> {
     let text = match v {
         Value::String(s) if !s.is_empty() => s.to_string(),
         Value::Number(n) => crate::expr::js_number_to_string(*n),
@@ -613,21 +443,21 @@ fn template(v: &Value) -> Result<Template, String> {
     Template::parse(&text).map_err(|e| e.to_string())
 }
 
-fn err(path: &[String], message: String) -> SpecError {
+pub(super) fn err(path: &[String], message: String) -> SpecError {
     SpecError {
         path: path.to_vec(),
         message,
     }
 }
 
-fn child(path: &[String], key: &str) -> Vec<String> {
+pub(super) fn child(path: &[String], key: &str) -> Vec<String> {
     let mut p = path.to_vec();
     p.push(key.to_string());
     p
 }
 
 /// A value as written, for messages.
-fn show(v: &Value) -> String {
+pub(super) fn show(v: &Value) -> String {
     match v {
         Value::String(s) => format!("`{s}`"),
         Value::Number(n) => format!("`{}`", crate::expr::js_number_to_string(*n)),
@@ -636,7 +466,7 @@ fn show(v: &Value) -> String {
     }
 }
 
-fn describe(v: &Value) -> String {
+pub(super) fn describe(v: &Value) -> String {
     match v {
         Value::Undefined | Value::Null => "nothing".into(),
         Value::String(s) => format!("the string `{s}`"),
