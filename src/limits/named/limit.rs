@@ -5,34 +5,32 @@
 //! few arithmetic steps, never across an await. Keyed limits spread keys over several
 //! shards so that unrelated keys rarely meet on one lock.
 
+use super::keys::{sweep, Keys};
 use super::lanes::RequestId;
 use super::machine::{Event, KeyState, Params};
 use super::permit::{ns, Permit, Signal, Turn};
 use crate::limits::clock::TimeSource;
 use governor::clock::Clock;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// Shards of a keyed limit: enough that 2-16 cores rarely share a lock.
 const KEYED_SHARDS: usize = 16;
-/// A shard sweeps its idle keys when it has grown to this many keys since its last sweep
-/// (and then at twice its size), so memory follows live keys without a background task.
-const FIRST_SWEEP: usize = 1024;
 
 type State = KeyState<Arc<Signal>>;
 
-struct Entry {
-    state: State,
+pub(super) struct Entry {
+    pub(super) state: State,
     /// Settings of this key when they differ from the limit's (an inline limit, or a rate
     /// rendered from a template).
-    params: Option<Arc<Params>>,
+    pub(super) params: Option<Arc<Params>>,
 }
 
 struct Shard {
     params: Arc<Params>,
-    keys: HashMap<Box<str>, Entry>,
+    keys: Keys,
     sweep_at: usize,
 }
 
@@ -88,8 +86,8 @@ impl Limit {
                 .map(|_| {
                     Mutex::new(Shard {
                         params: Arc::clone(&params),
-                        keys: HashMap::new(),
-                        sweep_at: FIRST_SWEEP,
+                        keys: Keys::default(),
+                        sweep_at: 0,
                     })
                 })
                 .collect(),
@@ -139,7 +137,7 @@ impl Limit {
         };
         let start = self.decide(&mut entry, params, own, want, now);
         if !entry.state.is_idle(now) {
-            keys.insert(Box::from(want.key), entry);
+            keys.insert(want.key, entry);
         }
         start
     }
@@ -338,7 +336,7 @@ impl Limit {
                     *snap.waiters.entry(lane.to_string()).or_default() += n;
                 }
             }
-            if self.shards.len() == 1 && shard.keys.is_empty() {
+            if self.shards.len() == 1 && shard.keys.len() == 0 {
                 snap.available = shard.params.rate.map(|r| r.burst);
             }
         }
@@ -381,16 +379,6 @@ pub struct Snapshot {
     pub shadow_waits: u64,
     /// Their total would-be wait.
     pub shadow_wait_seconds: f64,
-}
-
-/// Drops the idle keys of one shard, gives their memory back, and returns the size at
-/// which the shard should sweep next.
-fn sweep(keys: &mut HashMap<Box<str>, Entry>, now: u64) -> usize {
-    keys.retain(|_, e| !e.state.is_idle(now));
-    if keys.len() * 4 < keys.capacity() {
-        keys.shrink_to_fit();
-    }
-    (keys.len() * 2).max(FIRST_SWEEP)
 }
 
 /// FNV-1a of the key, to pick its shard: cheap, and needing no resistance to chosen keys,

@@ -5,6 +5,7 @@
 //! - [`spec`]: the settings model, read from YAML and checked once, with error paths.
 //! - [`uses`]: the places that use a limit (`limits:` entries, `acquire`).
 //! - `gcra`: the rate arithmetic over units (continuous refill, pieces above the burst).
+//! - `keys`: a shard's keys, short ones stored inline.
 //! - `lanes`: the waiting line (stride-scheduled lanes, then priority, then arrival).
 //! - [`machine`]: one key's decisions as a synchronous state machine (time in, events out),
 //!   reusable by a cluster owner that grants to other instances.
@@ -18,6 +19,7 @@
 //! in one canonical order, each at most once.
 
 mod gcra;
+mod keys;
 mod lanes;
 mod limit;
 pub mod machine;
@@ -39,6 +41,7 @@ use limit::{Limit, Start, Want};
 use machine::Params;
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 use uses::Inline;
@@ -56,7 +59,7 @@ struct Registry {
     time: TimeSource,
     /// The workspace id: the default lane of shared limits. `None` for the shared registry.
     workspace: Option<Arc<str>>,
-    limits: RwLock<HashMap<Arc<str>, Declared>>,
+    limits: RwLock<HashMap<Arc<str>, Declared, Names>>,
     /// Inline limits, keyed by their rendered key.
     inline: Arc<Limit>,
     shared: Option<NamedLimits>,
@@ -218,7 +221,7 @@ impl NamedLimits {
         NamedLimits(Arc::new(Registry {
             time,
             workspace,
-            limits: RwLock::new(HashMap::new()),
+            limits: RwLock::new(HashMap::default()),
             inline,
             shared,
         }))
@@ -233,7 +236,7 @@ impl NamedLimits {
             .limits
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut next = HashMap::with_capacity(specs.len());
+        let mut next = HashMap::with_capacity_and_hasher(specs.len(), Names::default());
         for spec in specs {
             let params = Arc::new(spec.params(None));
             let keyed = spec.key.is_some();
@@ -514,6 +517,32 @@ pub struct LimitView {
     pub spec: Option<Arc<LimitSpec>>,
     /// Live state and counters.
     pub state: Snapshot,
+}
+
+/// Hashes limit names with FNV-1a: names come from the workspace's own files, not from
+/// requests, so a keyed (DoS-resistant) hash would only slow every acquisition.
+type Names = BuildHasherDefault<Fnv>;
+
+/// The FNV-1a hasher state.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }
 
 /// The canonical order of acquisitions: declared before inline, then by name and key.
