@@ -7,6 +7,7 @@ use sluice::limits::named::spec::parse_limits;
 use sluice::limits::named::{Ask, NamedLimits};
 use sluice::limits::TimeSource;
 use sluice::value::Value;
+use std::fmt::Write;
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
@@ -41,19 +42,27 @@ fn uncontended(c: &mut Criterion) {
     c.bench_function("named acquire, instance limit", |b| {
         b.iter(|| take(&limits, black_box(&ask), &mut cx))
     });
-    let asks: Vec<Ask> = (0..100_000)
-        .map(|i| Ask::new("per-user", &format!("user-{i:06}")))
-        .collect();
-    for ask in &asks {
-        take(&limits, ask, &mut cx);
+    for i in 0..KEYS {
+        take(&limits, &Ask::new("per-user", &user(i)), &mut cx);
     }
+    // As at run time, the key is rendered into the request just before it is taken.
+    let mut ask = Ask::new("per-user", "");
     let mut i = 0;
     c.bench_function("named acquire, keyed limit among 100k keys", |b| {
         b.iter(|| {
-            i = (i + 7919) % asks.len();
-            take(&limits, black_box(&asks[i]), &mut cx)
+            i = (i + 7919) % KEYS;
+            ask.key.clear();
+            let _ = write!(ask.key, "user-{i:06}");
+            take(&limits, black_box(&ask), &mut cx)
         })
     });
+}
+
+/// Live keys of the keyed limit.
+const KEYS: usize = 100_000;
+
+fn user(i: usize) -> String {
+    format!("user-{i:06}")
 }
 
 criterion_group!(benches, uncontended);

@@ -639,3 +639,24 @@ fn templates_that_render_badly_fail_with_a_clear_message() {
         "limit `per-user`: `key` rendered undefined; expected a non-empty string or a number"
     );
 }
+
+#[tokio::test]
+async fn the_driver_refuses_waiters_behind_it_when_their_wait_runs_out() {
+    let (limits, clock) = setup("one: {concurrency: 1}");
+    let _held = limits.acquire_one(&ask("one")).await.unwrap();
+    let (patient, hurried) = (ask("one"), waiting("one", 2000));
+    let mut head = Box::pin(limits.acquire_one(&patient));
+    let mut behind = Box::pin(limits.acquire_one(&hurried));
+    assert!(poll_once(behind.as_mut()).is_pending());
+    // The head sleeps until the earliest deadline of its line, then serves the line.
+    assert!(poll_once(head.as_mut()).is_pending());
+    assert_eq!(clock.elapsed(), 2 * SEC);
+    assert!(poll_once(head.as_mut()).is_pending());
+    match poll_once(behind.as_mut()) {
+        Poll::Ready(Err(AcquireError::Refused { retry_after, .. })) => {
+            assert_eq!(retry_after, None)
+        }
+        other => panic!("not refused at its deadline: {other:?}"),
+    }
+    assert_eq!(limits.snapshot()[0].state.waiters.get("default"), Some(&1));
+}
