@@ -423,9 +423,12 @@ impl Waiting {
                     let now = self.limit.now();
                     if at > now {
                         let time = self.limit.time.clone();
+                        // A changed turn is seen before sleeping, so runs are deterministic
+                        // on a fake clock.
                         tokio::select! {
-                            _ = time.sleep(ns(at - now)) => {}
+                            biased;
                             _ = notified => continue,
+                            _ = time.sleep(ns(at - now)) => {}
                         }
                     }
                     self.limit.drive(&self.key);

@@ -12,6 +12,7 @@
 //! - `limit`: a limit's keys in locked shards, the async waiting on top of the machine,
 //!   release, live change, idle eviction and counters.
 //! - `permit`: the [`Permit`] that releases concurrency on drop.
+//! - `render`: a use's templates evaluated at acquisition into an [`Ask`].
 //!
 //! This module holds the per-workspace registry ([`NamedLimits`]): it resolves names (the
 //! workspace's own limits, then the operator's shared ones), renders the templates of a
@@ -24,19 +25,18 @@ mod lanes;
 mod limit;
 pub mod machine;
 mod permit;
+mod render;
 pub mod spec;
 pub mod uses;
 
 pub use lanes::RequestId;
 pub use limit::Snapshot;
 pub use permit::Permit;
+pub use render::RenderError;
 pub use spec::{LimitSpec, Number, Per, Scope, SpecError};
 pub use uses::{Target, Use};
 
-use crate::expr::{js_number_to_string, Scope as Variables};
 use crate::limits::clock::TimeSource;
-use crate::limits::values::parse_number;
-use crate::value::Value;
 use limit::{Limit, Start, Want};
 use machine::Params;
 use std::collections::HashMap;
@@ -183,18 +183,6 @@ fn retry_text(retry: Option<Duration>) -> String {
     }
 }
 
-/// A template of a use that rendered to something unusable.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("limit `{limit}`: `{field}` {message}")]
-pub struct RenderError {
-    /// The limit (an inline limit's key text).
-    pub limit: String,
-    /// `key`, `units`, `rate`, `lane` or `priority`.
-    pub field: &'static str,
-    /// What it rendered to and what is expected.
-    pub message: String,
-}
-
 impl NamedLimits {
     /// The operator's shared limits, used by every workspace.
     pub fn shared(time: TimeSource) -> NamedLimits {
@@ -294,75 +282,6 @@ impl NamedLimits {
                 .declared(name)
                 .map(|(d, _)| (d, true)),
         }
-    }
-
-    /// Renders `u` against the execution's variables.
-    pub fn render(&self, u: &Use, vars: &dyn Variables) -> Result<Ask, RenderError> {
-        let (name, spec, inline) = match &u.target {
-            Target::Named(name) => {
-                let spec = self.declared(name).map(|(d, _)| d.spec);
-                (Arc::clone(name), spec, None)
-            }
-            Target::Inline(i) => (Arc::clone(&i.spec.name), None, Some(i)),
-        };
-        let fail = |field, message| RenderError {
-            limit: name.to_string(),
-            field,
-            message,
-        };
-        let decl = spec.as_deref().or(inline.map(|i| &i.spec));
-        let key = match decl.and_then(|d| d.key.as_ref()) {
-            Some(t) => render_key(t, vars).map_err(|m| fail("key", m))?,
-            None => String::new(),
-        };
-        let rate = match decl.and_then(|d| d.rate.as_ref()) {
-            Some(Number::Template(t)) => {
-                let r = render_number(t, vars).map_err(|m| fail("rate", m))?;
-                let d = decl.map_or(Per::Minute, |d| d.per);
-                spec::check_rate(r, d, decl.and_then(|d| d.burst)).map_err(|m| fail("rate", m))?;
-                Some(r)
-            }
-            _ => None,
-        };
-        let units = match &u.units {
-            Number::Const(n) => *n,
-            Number::Template(t) => render_number(t, vars).map_err(|m| fail("units", m))?,
-        };
-        let priority = match &u.priority {
-            Number::Const(n) => *n as i64,
-            Number::Template(t) => {
-                let v = t
-                    .render(vars)
-                    .map_err(|e| fail("priority", e.to_string()))?;
-                match as_number(&v) {
-                    Some(n) if n.fract() == 0.0 && n.abs() <= 1e12 => n as i64,
-                    _ => {
-                        return Err(fail(
-                            "priority",
-                            format!("rendered {}; expected a whole number", show(&v)),
-                        ))
-                    }
-                }
-            }
-        };
-        let lane = match &u.lane {
-            Some(t) => Some(render_key(t, vars).map_err(|m| fail("lane", m))?),
-            None => None,
-        };
-        Ok(Ask {
-            limit: if inline.is_some() {
-                Arc::from(key.as_str())
-            } else {
-                name
-            },
-            key,
-            units,
-            priority,
-            lane,
-            wait: u.wait,
-            rate,
-            inline: inline.cloned(),
-        })
     }
 
     /// Takes one limit: waits for its turn (or refuses past `wait`). Shadow limits never
@@ -548,55 +467,6 @@ impl Hasher for Fnv {
 /// The canonical order of acquisitions: declared before inline, then by name and key.
 fn order(a: &Ask) -> (bool, &str, &str) {
     (a.inline.is_some(), &a.limit, &a.key)
-}
-
-fn render_key(t: &crate::expr::Template, vars: &dyn Variables) -> Result<String, String> {
-    let v = t.render(vars).map_err(|e| e.to_string())?;
-    let text = match &v {
-        Value::String(s) if !s.is_empty() => s.to_string(),
-        Value::Number(n) if n.is_finite() => js_number_to_string(*n),
-        _ => {
-            return Err(format!(
-                "rendered {}; expected a non-empty string or a number",
-                show(&v)
-            ))
-        }
-    };
-    if text.len() > MAX_KEY_BYTES {
-        return Err(format!(
-            "rendered {} bytes; the most is {MAX_KEY_BYTES}",
-            text.len()
-        ));
-    }
-    Ok(text)
-}
-
-fn render_number(t: &crate::expr::Template, vars: &dyn Variables) -> Result<f64, String> {
-    let v = t.render(vars).map_err(|e| e.to_string())?;
-    match as_number(&v) {
-        Some(n) if n > 0.0 => Ok(n),
-        _ => Err(format!("rendered {}; expected a positive number", show(&v))),
-    }
-}
-
-/// A finite number, from a number or its decimal text.
-fn as_number(v: &Value) -> Option<f64> {
-    match v {
-        Value::Number(n) if n.is_finite() => Some(*n),
-        Value::String(s) => parse_number(s),
-        _ => None,
-    }
-}
-
-fn show(v: &Value) -> String {
-    match v {
-        Value::Undefined => "undefined".into(),
-        Value::Null => "null".into(),
-        Value::String(s) if s.is_empty() => "an empty string".into(),
-        Value::String(s) => format!("`{s}`"),
-        Value::Number(n) => format!("`{}`", js_number_to_string(*n)),
-        other => format!("a value of type {}", other.type_name()),
-    }
 }
 
 impl fmt::Debug for NamedLimits {

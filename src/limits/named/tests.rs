@@ -7,6 +7,7 @@
 use super::machine::{Event, KeyState};
 use super::*;
 use crate::limits::clock::FakeClock;
+use crate::value::Value;
 use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -647,11 +648,13 @@ async fn the_driver_refuses_waiters_behind_it_when_their_wait_runs_out() {
     let (patient, hurried) = (ask("one"), waiting("one", 2000));
     let mut head = Box::pin(limits.acquire_one(&patient));
     let mut behind = Box::pin(limits.acquire_one(&hurried));
+    assert!(poll_once(head.as_mut()).is_pending());
     assert!(poll_once(behind.as_mut()).is_pending());
+    assert_eq!(clock.elapsed(), Duration::ZERO);
     // The head sleeps until the earliest deadline of its line, then serves the line.
     assert!(poll_once(head.as_mut()).is_pending());
-    assert_eq!(clock.elapsed(), 2 * SEC);
     assert!(poll_once(head.as_mut()).is_pending());
+    assert_eq!(clock.elapsed(), 2 * SEC);
     match poll_once(behind.as_mut()) {
         Poll::Ready(Err(AcquireError::Refused { retry_after, .. })) => {
             assert_eq!(retry_after, None)
