@@ -663,3 +663,30 @@ async fn the_driver_refuses_waiters_behind_it_when_their_wait_runs_out() {
     }
     assert_eq!(limits.snapshot()[0].state.waiters.get("default"), Some(&1));
 }
+
+proptest::proptest! {
+    /// Whatever the requests and their timing, the units granted by time t never exceed
+    /// burst + rate·t (the GCRA bound), and a request that fits the burst of a full bucket
+    /// is never refused.
+    #[test]
+    fn granted_units_never_exceed_burst_plus_rate_times_elapsed(
+        rate in 1u32..1000,
+        burst in 1u32..100,
+        steps in proptest::collection::vec((0u64..50_000_000, 1u32..10), 1..200),
+    ) {
+        let r = machine::RateParams::new(f64::from(rate), SEC, f64::from(burst));
+        let p = Params { rate: Some(r), concurrency: None, lanes: Arc::new([]), shadow: false };
+        let mut k: KeyState<()> = KeyState::new();
+        let (mut now, mut granted) = (0u64, 0u64);
+        for (gap, units) in steps {
+            now += gap;
+            let full = k.is_idle(now);
+            match k.try_take(&p, now, f64::from(units)) {
+                Some(_) => granted += u64::from(units),
+                None => proptest::prop_assert!(!(full && units <= burst)),
+            }
+            let bound = f64::from(burst) + f64::from(rate) * now as f64 / 1e9;
+            proptest::prop_assert!(granted as f64 <= bound + 1e-6, "{granted} > {bound}");
+        }
+    }
+}
