@@ -14,6 +14,7 @@ mod bucket;
 pub mod budgets;
 pub mod clock;
 pub mod cluster;
+pub mod named;
 mod secrets;
 pub mod values;
 

@@ -1,0 +1,482 @@
+//! Named limits (SPEC section 7): the limits a workspace declares for the services it calls,
+//! with keys, units, concurrency, lanes, priority, bounded waits and shadow mode.
+//!
+//! Layout, one idea per module:
+//! - [`spec`]: the settings model, read from YAML and checked once, with error paths.
+//! - [`uses`]: the places that use a limit (`limits:` entries, `acquire`).
+//! - `gcra`: the rate arithmetic over units (continuous refill, pieces above the burst).
+//! - `keys`: a shard's keys, short ones stored inline.
+//! - `lanes`: the waiting line (stride-scheduled lanes, then priority, then arrival).
+//! - [`machine`]: one key's decisions as a synchronous state machine (time in, events out),
+//!   reusable by a cluster owner that grants to other instances.
+//! - `limit`: a limit's keys in locked shards, the async waiting on top of the machine,
+//!   release, live change, idle eviction and counters.
+//! - `permit`: the [`Permit`] that releases concurrency on drop.
+//! - `render`: a use's templates evaluated at acquisition into an [`Ask`].
+//!
+//! This module holds the per-workspace registry ([`NamedLimits`]): it resolves names (the
+//! workspace's own limits, then the operator's shared ones), renders the templates of a
+//! [`Use`] at acquisition, and takes several limits without deadlock by always taking them
+//! in one canonical order, each at most once.
+
+mod gcra;
+mod keys;
+mod lanes;
+mod limit;
+pub mod machine;
+mod permit;
+mod render;
+pub mod spec;
+pub mod uses;
+
+pub use lanes::RequestId;
+pub use limit::Snapshot;
+pub use permit::Permit;
+pub use render::RenderError;
+pub use spec::{LimitSpec, Number, Per, Scope, SpecError};
+pub use uses::{Target, Use};
+
+use crate::limits::clock::TimeSource;
+use limit::{Limit, Start, Want};
+use machine::Params;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+use uses::Inline;
+
+/// The lane of a request that names none (for a workspace's own limits).
+pub const DEFAULT_LANE: &str = "default";
+/// The longest rendered key accepted, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// The named limits of one workspace (or the operator's shared ones); clones share them.
+#[derive(Clone)]
+pub struct NamedLimits(Arc<Registry>);
+
+struct Registry {
+    time: TimeSource,
+    /// The workspace id: the default lane of shared limits. `None` for the shared registry.
+    workspace: Option<Arc<str>>,
+    limits: RwLock<HashMap<Arc<str>, Declared, Names>>,
+    /// Inline limits, keyed by their rendered key.
+    inline: Arc<Limit>,
+    shared: Option<NamedLimits>,
+}
+
+#[derive(Clone)]
+struct Declared {
+    spec: Arc<LimitSpec>,
+    limit: Arc<Limit>,
+}
+
+/// A use rendered for one acquisition: every template evaluated.
+#[derive(Clone, Debug)]
+pub struct Ask {
+    /// The limit's name (an inline limit's is its rendered key).
+    pub limit: Arc<str>,
+    /// The rendered key (empty for a limit without `key`).
+    pub key: String,
+    /// Units against the rate.
+    pub units: f64,
+    /// Higher first within a lane.
+    pub priority: i64,
+    /// The lane, when given.
+    pub lane: Option<String>,
+    /// Longest wait; `None` for ever.
+    pub wait: Option<Duration>,
+    /// The rate, when the limit's is a template.
+    pub rate: Option<f64>,
+    inline: Option<Arc<Inline>>,
+}
+
+impl Ask {
+    /// One unit of the declared limit `limit` (key `key`), priority 10, default lane, no
+    /// wait bound.
+    pub fn new(limit: &str, key: &str) -> Ask {
+        Ask {
+            limit: Arc::from(limit),
+            key: key.to_owned(),
+            units: 1.0,
+            priority: uses::DEFAULT_PRIORITY,
+            lane: None,
+            wait: None,
+            rate: None,
+            inline: None,
+        }
+    }
+}
+
+/// What a granted acquisition holds and reports.
+#[derive(Debug, Default)]
+pub struct Acquired {
+    /// The concurrency slots held, released when dropped (the execution or the `do` block
+    /// ended); rate-only grants leave nothing to release.
+    pub permits: Vec<Permit>,
+    /// Time waited per limit, for `throttledBy` (only limits that made it wait).
+    pub waited: Vec<(Arc<str>, Duration)>,
+    /// Would-be waits of shadow limits, for `shadow` (only those that would have waited).
+    pub shadow: Vec<(Arc<str>, Duration)>,
+}
+
+impl Acquired {
+    /// Keeps a permit that has something to give back (a rate-only grant has nothing).
+    fn keep(&mut self, p: Permit) {
+        if p.holds_slot() {
+            self.permits.push(p);
+        }
+    }
+
+    /// The whole wait.
+    pub fn total_wait(&self) -> Duration {
+        self.waited.iter().map(|(_, d)| *d).sum()
+    }
+}
+
+/// Why an acquisition did not happen.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum AcquireError {
+    /// Not granted within its wait (`LimitExceeded`).
+    #[error("limit `{limit}`{} not granted within {} ms; {}", key_text(key), wait.as_millis(), retry_text(*retry_after))]
+    Refused {
+        /// The limit.
+        limit: Arc<str>,
+        /// The rendered key, if any.
+        key: String,
+        /// The wait allowed.
+        wait: Duration,
+        /// When capacity returns; `None` when it depends on holders releasing slots.
+        retry_after: Option<Duration>,
+    },
+    /// No such limit (removed by a live change since the automation was checked).
+    #[error("unknown limit `{0}`")]
+    Unknown(Arc<str>),
+}
+
+impl AcquireError {
+    /// The error code executions report: `LimitExceeded`.
+    pub fn code(&self) -> &'static str {
+        "LimitExceeded"
+    }
+
+    /// The limit concerned.
+    pub fn limit(&self) -> &str {
+        match self {
+            AcquireError::Refused { limit, .. } | AcquireError::Unknown(limit) => limit,
+        }
+    }
+}
+
+fn key_text(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!(" (key `{key}`)")
+    }
+}
+
+fn retry_text(retry: Option<Duration>) -> String {
+    match retry {
+        Some(d) => format!("capacity returns in {:.3} s", d.as_secs_f64()),
+        None => "capacity returns when a holder releases it".into(),
+    }
+}
+
+impl NamedLimits {
+    /// The operator's shared limits, used by every workspace.
+    pub fn shared(time: TimeSource) -> NamedLimits {
+        NamedLimits::build(None, None, time)
+    }
+
+    /// The limits of workspace `id`, falling back on `shared` for names it does not declare.
+    pub fn workspace(id: &str, shared: Option<&NamedLimits>, time: TimeSource) -> NamedLimits {
+        NamedLimits::build(Some(Arc::from(id)), shared.cloned(), time)
+    }
+
+    fn build(
+        workspace: Option<Arc<str>>,
+        shared: Option<NamedLimits>,
+        time: TimeSource,
+    ) -> NamedLimits {
+        let none = Arc::new(Params {
+            rate: None,
+            concurrency: None,
+            lanes: Arc::new([]),
+            shadow: false,
+        });
+        let inline = Arc::new(Limit::new(Arc::from("inline"), none, true, time.clone()));
+        NamedLimits(Arc::new(Registry {
+            time,
+            workspace,
+            limits: RwLock::new(HashMap::default()),
+            inline,
+            shared,
+        }))
+    }
+
+    /// Applies a new set of declarations: a changed limit keeps its used units and held
+    /// slots, a new one starts full, and a removed one takes no new acquisition (its
+    /// holders and waiters finish with it).
+    pub fn update(&self, specs: Vec<LimitSpec>) {
+        let mut map = self
+            .0
+            .limits
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut next = HashMap::with_capacity_and_hasher(specs.len(), Names::default());
+        for spec in specs {
+            let params = Arc::new(spec.params(None));
+            let keyed = spec.key.is_some();
+            let limit = match map.remove(&spec.name) {
+                Some(old) if old.spec.key.is_some() == keyed => {
+                    old.limit.set_params(&params);
+                    old.limit
+                }
+                _ => Arc::new(Limit::new(
+                    Arc::clone(&spec.name),
+                    params,
+                    keyed,
+                    self.0.time.clone(),
+                )),
+            };
+            next.insert(
+                Arc::clone(&spec.name),
+                Declared {
+                    spec: Arc::new(spec),
+                    limit,
+                },
+            );
+        }
+        *map = next;
+    }
+
+    /// The names declared here (not the shared ones), sorted.
+    pub fn names(&self) -> Vec<Arc<str>> {
+        let map = self.0.limits.read().unwrap_or_else(PoisonError::into_inner);
+        let mut names: Vec<_> = map.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// True when `name` is declared here or shared.
+    pub fn contains(&self, name: &str) -> bool {
+        self.declared(name).is_some()
+    }
+
+    /// The declaration of `name`, and whether it is a shared one.
+    fn declared(&self, name: &str) -> Option<(Declared, bool)> {
+        let own = self
+            .0
+            .limits
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned();
+        match own {
+            Some(d) => Some((d, self.0.workspace.is_none())),
+            None => self
+                .0
+                .shared
+                .as_ref()?
+                .declared(name)
+                .map(|(d, _)| (d, true)),
+        }
+    }
+
+    /// Takes one limit: waits for its turn (or refuses past `wait`). Shadow limits never
+    /// wait; their would-be wait is reported.
+    pub async fn acquire_one(&self, ask: &Ask) -> Result<Acquired, AcquireError> {
+        let mut got = Acquired::default();
+        self.take(ask, &mut got).await?;
+        Ok(got)
+    }
+
+    /// Takes every limit of `asks` (an automation's `limits:`), each in one canonical
+    /// order so that two executions taking overlapping limits never hold one while
+    /// waiting for the other in opposite orders. A use listed twice is taken once with
+    /// the units added. The whole wait is about the slowest limit's: while one is
+    /// awaited, the others refill. A refusal releases what was already taken.
+    pub async fn acquire(&self, asks: &[Ask]) -> Result<Acquired, AcquireError> {
+        let mut sorted: Vec<Ask> = asks.to_vec();
+        sorted.sort_by(|a, b| order(a).cmp(&order(b)));
+        sorted.dedup_by(|later, first| {
+            let same = order(later) == order(first);
+            if same {
+                first.units += later.units;
+                first.priority = first.priority.max(later.priority);
+                first.wait = match (first.wait, later.wait) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            same
+        });
+        let mut got = Acquired::default();
+        for ask in &sorted {
+            self.take(ask, &mut got).await?;
+        }
+        Ok(got)
+    }
+
+    async fn take(&self, ask: &Ask, got: &mut Acquired) -> Result<(), AcquireError> {
+        let refused = |retry_after| AcquireError::Refused {
+            limit: Arc::clone(&ask.limit),
+            key: ask.key.clone(),
+            wait: ask.wait.unwrap_or_default(),
+            retry_after,
+        };
+        match self.start(ask)? {
+            Start::Granted(p) => got.keep(p),
+            Start::Shadow(p, would) => {
+                got.keep(p);
+                if !would.is_zero() {
+                    got.shadow.push((Arc::clone(&ask.limit), would));
+                }
+            }
+            Start::Refused(retry) => return Err(refused(retry)),
+            Start::Wait(w) => {
+                let (p, waited) = Box::pin(w.finish()).await.map_err(refused)?;
+                got.keep(p);
+                if !waited.is_zero() {
+                    got.waited.push((Arc::clone(&ask.limit), waited));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves the limit of `ask` and starts taking it, under the registry's read lock
+    /// (held for the few steps of the decision only, so the common path clones nothing).
+    fn start(&self, ask: &Ask) -> Result<Start, AcquireError> {
+        if let Some(i) = &ask.inline {
+            let own = match &i.params {
+                Some(p) => Arc::clone(p),
+                None => Arc::new(i.spec.params(ask.rate)),
+            };
+            return Ok(self.0.inline.start(self.want(ask, false), Some(&own)));
+        }
+        let own_or_shared = [Some(self), self.0.shared.as_ref()];
+        for (registry, shared) in own_or_shared
+            .into_iter()
+            .zip([self.0.workspace.is_none(), true])
+        {
+            let Some(registry) = registry else { continue };
+            let map = registry
+                .0
+                .limits
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(d) = map.get(&*ask.limit) {
+                let own = d
+                    .spec
+                    .rate_is_template()
+                    .then(|| Arc::new(d.spec.params(ask.rate)));
+                return Ok(d.limit.start(self.want(ask, shared), own.as_ref()));
+            }
+        }
+        Err(AcquireError::Unknown(Arc::clone(&ask.limit)))
+    }
+
+    /// What `ask` wants of one limit; the lane defaults to the workspace's for a shared one.
+    fn want<'a>(&'a self, ask: &'a Ask, shared: bool) -> Want<'a> {
+        let lane = match (&ask.lane, shared, &self.0.workspace) {
+            (Some(l), _, _) => l.as_str(),
+            (None, true, Some(ws)) => ws,
+            _ => DEFAULT_LANE,
+        };
+        Want {
+            key: &ask.key,
+            units: ask.units,
+            priority: ask.priority,
+            lane,
+            wait: ask.wait,
+        }
+    }
+
+    /// Forgets idle keys (full, unheld, nobody waiting) of every limit here; returns how
+    /// many. Keys are also swept as a shard grows; calling this every few seconds returns
+    /// the memory of keys that went quiet.
+    pub fn sweep(&self) -> usize {
+        let limits: Vec<Arc<Limit>> = {
+            let map = self.0.limits.read().unwrap_or_else(PoisonError::into_inner);
+            map.values().map(|d| Arc::clone(&d.limit)).collect()
+        };
+        limits.iter().map(|l| l.sweep()).sum::<usize>() + self.0.inline.sweep()
+    }
+
+    /// Every limit declared here, then the inline ones (as `inline`), with their state.
+    pub fn snapshot(&self) -> Vec<LimitView> {
+        let mut views: Vec<LimitView> = {
+            let map = self.0.limits.read().unwrap_or_else(PoisonError::into_inner);
+            map.values()
+                .map(|d| LimitView {
+                    name: Arc::clone(d.limit.name()),
+                    spec: Some(Arc::clone(&d.spec)),
+                    state: d.limit.snapshot(),
+                })
+                .collect()
+        };
+        views.sort_by(|a, b| a.name.cmp(&b.name));
+        views.push(LimitView {
+            name: Arc::clone(self.0.inline.name()),
+            spec: None,
+            state: self.0.inline.snapshot(),
+        });
+        views
+    }
+}
+
+/// One limit as the operator view shows it.
+#[derive(Clone, Debug)]
+pub struct LimitView {
+    /// The name (`inline` for all inline limits together).
+    pub name: Arc<str>,
+    /// The declaration; `None` for the inline limits.
+    pub spec: Option<Arc<LimitSpec>>,
+    /// Live state and counters.
+    pub state: Snapshot,
+}
+
+/// Hashes limit names with FNV-1a: names come from the workspace's own files, not from
+/// requests, so a keyed (DoS-resistant) hash would only slow every acquisition.
+type Names = BuildHasherDefault<Fnv>;
+
+/// The FNV-1a hasher state.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// The canonical order of acquisitions: declared before inline, then by name and key.
+fn order(a: &Ask) -> (bool, &str, &str) {
+    (a.inline.is_some(), &a.limit, &a.key)
+}
+
+impl fmt::Debug for NamedLimits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NamedLimits")
+            .field("workspace", &self.0.workspace)
+            .field("limits", &self.names())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;
