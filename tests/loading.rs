@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 mod common;
-use common::{get, put, serve, within, write};
+use common::{get, put, serve, serve_with, within, write};
 
 const MAX_FILE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -150,15 +150,33 @@ fn an_edit_is_live_within_two_seconds_while_another_workspace_loads_a_big_file()
         "a.yml",
         "slug: a\nwhen: {endpoint: true}\ndo: []\noutput: v1\n",
     );
-    let s = serve(dir.path());
+    // Debug logs of the library say when a load starts.
+    let s = serve_with(
+        dir.path(),
+        &[("RUST_LOG", "info,sluice::workspace=debug")],
+        &[],
+    );
     let a = format!("{}/v2/workspaces/demo/webhooks/a", s.base);
     assert_eq!(get(&a), Some((200, "v1".into())));
 
+    let loads = |logs: &str| {
+        logs.lines()
+            .filter(|l| l.contains("loading workspace") && l.contains("heavy"))
+            .count()
+    };
+    let before = loads(&s.logs.lock().unwrap());
     let big = big_automation(MAX_FILE_BYTES - 1024);
     assert!(big.len() <= MAX_FILE_BYTES);
     put(dir.path(), "heavy", "big.yml", &big);
-    // Let the watcher pick the big file up and start loading it.
-    std::thread::sleep(Duration::from_millis(700));
+    // The edit below must land while the big file is being loaded.
+    let started = within(Duration::from_secs(5), || {
+        loads(&s.logs.lock().unwrap()) > before
+    });
+    assert!(
+        started.is_some(),
+        "the big file's load never started: {}",
+        s.logs.lock().unwrap()
+    );
     write(
         dir.path(),
         "a.yml",

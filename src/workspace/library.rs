@@ -120,6 +120,7 @@ impl Library {
                     let shelves = self.inner.clone();
                     let generation = shelves.claim(&edit.id);
                     loads.push(tokio::task::spawn_blocking(move || {
+                        tracing::debug!(workspace = %edit.id, "loading workspace");
                         let loaded = edit.load();
                         shelves.install(&edit.id, generation, loaded);
                     }));
