@@ -169,13 +169,38 @@ pub struct ClusterRequest {
     /// The rendered key (`""` for a limit without `key`).
     pub key: String,
     /// Units counted against the rate.
-    pub units: u64,
+    pub units: f64,
     /// Higher is served first among waiters of the same lane.
     pub priority: i64,
     /// The waiting lane.
     pub lane: String,
     /// The longest wait; `None` waits as long as it takes.
     pub wait: Option<Duration>,
+    /// The limit as the asking instance declares it: the owner enforces what its askers
+    /// declare, so it needs neither the workspace's files nor its templates.
+    pub params: ClusterParams,
+}
+
+/// A limit's enforced settings, as they travel to its owner.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterParams {
+    /// Units per period and the burst, when the limit has a rate.
+    pub rate: Option<ClusterRate>,
+    /// Holders allowed at once, when the limit has a concurrency.
+    pub concurrency: Option<u32>,
+    /// Lane weights; a lane not listed weighs 1.
+    pub lanes: Vec<(String, u32)>,
+}
+
+/// A rate: `rate` units every `per`, `burst` at once.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterRate {
+    /// Units per period.
+    pub rate: f64,
+    /// The period.
+    pub per: Duration,
+    /// Units at once.
+    pub burst: f64,
 }
 
 /// One acquisition as the owner hands it to its local limiter.
@@ -197,10 +222,11 @@ pub struct Grant {
 /// Why the local limiter did not grant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
-    /// Not within the request's wait; capacity is expected after `retry_after`.
+    /// Not within the request's wait; capacity is expected after `retry_after` (`None`:
+    /// when a holder releases a slot).
     Busy {
         /// When capacity is expected.
-        retry_after: Duration,
+        retry_after: Option<Duration>,
     },
     /// This instance stopped serving the limit (it lost ownership): ask the new owner.
     Closed,
@@ -247,7 +273,7 @@ pub enum Denied {
     /// Not granted within the request's wait.
     #[error("cluster limit busy; capacity expected in {retry_after:?}")]
     Busy {
-        /// When capacity is expected.
-        retry_after: Duration,
+        /// When capacity is expected; `None` when it depends on holders releasing slots.
+        retry_after: Option<Duration>,
     },
 }

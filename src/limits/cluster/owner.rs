@@ -272,7 +272,7 @@ fn record(
             Reply::Granted { slot: grant.slot }
         }
         Err(Refusal::Busy { retry_after }) => Reply::Refused {
-            retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
+            retry_after_ms: retry_after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         },
         Err(Refusal::Closed) => Reply::Moved,
     };
