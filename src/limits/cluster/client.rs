@@ -443,7 +443,7 @@ struct Serving {
 async fn take(shared: &Arc<Shared>, limit: &LimitRef, serving: &mut Option<Serving>) {
     let sent_at = Instant::now();
     match shared.leases.take(limit).await {
-        Ok(Holder::Me(revision)) => {
+        Ok(Holder::Me { revision, fresh }) => {
             let (stop, stopped) = oneshot::channel();
             let owner = Owner {
                 client: shared.client.clone(),
@@ -451,6 +451,7 @@ async fn take(shared: &Arc<Shared>, limit: &LimitRef, serving: &mut Option<Servi
                 settings: shared.settings.clone(),
                 instance: shared.instance.clone(),
                 limit: limit.clone(),
+                fresh,
             };
             let name = limit.clone();
             let task = tokio::spawn(async move {

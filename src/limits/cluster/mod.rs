@@ -16,7 +16,8 @@
 //!   every third of `lease_secs`; the slots of an instance that stops are freed within
 //!   `lease_secs`, and a new owner learns held slots from those heartbeats.
 //! - A new owner starts with empty buckets, so a takeover never grants more than one burst
-//!   beyond the limit.
+//!   beyond the limit. Only a first owner (the lease key absent: nobody owned the limit
+//!   since its expiry marker went, a second after a lease) starts full.
 
 mod client;
 mod holders;
@@ -235,10 +236,11 @@ pub enum Refusal {
 /// The local limiter that an owner runs for the whole cluster: the section-7 engine through
 /// an adapter. Every call is about one limit that this instance currently owns.
 pub trait LocalGrantor: Send + Sync + 'static {
-    /// This instance starts owning `limit`: its rate keys must start empty and refill from
-    /// now (a key first seen later holds only what refilled since this call), so a takeover
-    /// never adds a burst to what the old owner granted.
-    fn take_over(&self, limit: &LimitRef);
+    /// This instance starts owning `limit`. Unless `fresh` (no instance owned it recently,
+    /// so nothing was granted lately), its rate keys must start empty and refill from now (a
+    /// key first seen later holds only what refilled since this call), so a takeover never
+    /// adds a burst to what the old owner granted.
+    fn take_over(&self, limit: &LimitRef, fresh: bool);
 
     /// This instance stops owning `limit`: its waiters end with [`Refusal::Closed`] and its
     /// state may be dropped.

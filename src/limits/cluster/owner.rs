@@ -7,7 +7,7 @@
 //!   is answered "queued", and its result goes later to the instance's inbox.
 //! - Right after a takeover the owner only listens for a short while: the instances that
 //!   lost the old owner heartbeat every [`super::client::RETRY`], so their held slots are
-//!   adopted before any new slot is granted.
+//!   adopted before any new slot is granted. A first owner (no recent lease) serves at once.
 //! - Held slots are swept every [`SWEEP`]: an instance silent for a lease loses them.
 
 use super::holders::Holders;
@@ -34,6 +34,8 @@ pub(super) struct Owner {
     pub settings: ClusterSettings,
     pub instance: String,
     pub limit: LimitRef,
+    /// Nobody owned the limit recently: no slot to learn, no grant to make up for.
+    pub fresh: bool,
 }
 
 /// An acquisition the owner knows, by instance and number.
@@ -76,7 +78,7 @@ impl Owner {
             .subscribe(wire::subject(&self.limit))
             .await
             .map_err(|e| ClusterError::Nats(format!("serving {}: {e}", self.limit)))?;
-        self.grantor.take_over(&self.limit);
+        self.grantor.take_over(&self.limit, self.fresh);
         let _hand_back = HandBack(self.grantor.clone(), self.limit.clone());
         tracing::info!(limit = %self.limit, instance = %self.instance, "owning cluster limit");
         let state = Arc::new(Mutex::new(State {
@@ -86,7 +88,7 @@ impl Owner {
         }));
         let learning = tokio::time::sleep(LEARN);
         tokio::pin!(learning);
-        let mut learnt = false;
+        let mut learnt = self.fresh;
         let mut buffered: Vec<(String, u64, ClusterRequest, Option<u64>, Instant)> = Vec::new();
         let mut sweep = tokio::time::interval(SWEEP);
         let mut forget = tokio::time::interval(self.settings.renew_every());

@@ -7,7 +7,7 @@
 //! limit. Each ask carries the settings its instance declares; the owner applies them per
 //! key, as it does for a rate rendered from a template, so it needs no workspace files.
 
-use super::limit::{Limit, Start, Want};
+use super::limit::{Limit, Snapshot, Start, Want};
 use super::machine::{Params, RateParams};
 use super::permit::Permit;
 use crate::limits::clock::TimeSource;
@@ -45,6 +45,13 @@ impl ClusterEngine {
         }
     }
 
+    /// The state of `limit` as its owner's line holds it for the whole cluster (waiters per
+    /// lane, slots held); `None` when this instance does not own it.
+    pub fn snapshot(&self, limit: &LimitRef) -> Option<Snapshot> {
+        let limit = self.term(limit)?.0;
+        Some(limit.snapshot())
+    }
+
     fn term(&self, limit: &LimitRef) -> Option<(Arc<Limit>, CancellationToken)> {
         let terms = lock(&self.terms);
         let term = terms.get(limit)?;
@@ -53,7 +60,7 @@ impl ClusterEngine {
 }
 
 impl LocalGrantor for ClusterEngine {
-    fn take_over(&self, limit: &LimitRef) {
+    fn take_over(&self, limit: &LimitRef, fresh: bool) {
         // The limit's own settings are those of each ask, applied per key; the base is none.
         let base = Arc::new(Params {
             rate: None,
@@ -61,12 +68,14 @@ impl LocalGrantor for ClusterEngine {
             lanes: Arc::new([]),
             shadow: false,
         });
+        let name = Arc::from(limit.to_string());
+        let limit_state = if fresh {
+            Limit::new(name, base, true, self.time.clone())
+        } else {
+            Limit::drained(name, base, self.time.clone())
+        };
         let term = Term {
-            limit: Arc::new(Limit::drained(
-                Arc::from(limit.to_string()),
-                base,
-                self.time.clone(),
-            )),
+            limit: Arc::new(limit_state),
             closed: CancellationToken::new(),
             held: HashMap::new(),
         };

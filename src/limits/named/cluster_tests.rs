@@ -13,7 +13,7 @@ fn engine() -> (ClusterEngine, FakeClock, LimitRef) {
     let clock = FakeClock::new();
     let engine = ClusterEngine::new(TimeSource::fake(clock.clone()));
     let limit = LimitRef::shared("llm");
-    engine.take_over(&limit);
+    engine.take_over(&limit, false);
     (engine, clock, limit)
 }
 
@@ -205,4 +205,22 @@ fn settings_survive_the_trip_and_bad_ones_are_no_rate() {
     assert_eq!(params(&back), spec);
     assert_eq!(params(&rate(-1.0, 5.0)).rate, None);
     assert_eq!(params(&rate(f64::NAN, 5.0)).rate, None);
+}
+
+#[tokio::test]
+async fn a_first_owner_starts_full() {
+    let (engine, _clock, limit) = engine();
+    engine.take_over(&limit, true);
+    let p = rate(10.0, 10.0);
+    for i in 0..10 {
+        assert_eq!(
+            engine
+                .acquire(ask("a", i, &p, "default", 10))
+                .now_or_never(),
+            Some(Ok(Grant { slot: false }))
+        );
+    }
+    let snapshot = engine.snapshot(&limit).expect("owned");
+    assert_eq!(snapshot.keys, 1);
+    assert!(engine.snapshot(&LimitRef::shared("other")).is_none());
 }
