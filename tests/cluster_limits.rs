@@ -625,3 +625,28 @@ async fn without_a_cluster_handle_a_cluster_limit_is_local() {
     let view = ws.snapshot();
     assert!(view.iter().all(|v| v.state.cluster.is_none()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_gives_up_leaves_the_owners_line() {
+    let nats = NatsServer::start();
+    let a = instance(&nats.url, slots(1), json!({})).await;
+    let b = instance(&nats.url, slots(1), json!({})).await;
+    let limit = LimitRef::shared("slots");
+    // A owns the limit and holds its one slot.
+    let held = take(&a.ws, &ask("slots", 10, None, None)).await.unwrap();
+    let forever = ask("slots", 10, None, None);
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), take(&b.ws, &forever)).await;
+    assert!(gave_up.is_err(), "granted while the slot was held");
+    assert_eq!(a.owned_waiters(&limit), 1);
+    // B's next heartbeat no longer lists it: the owner drops it rather than granting it.
+    assert!(
+        eventually(Duration::from_secs(LEASE_SECS + 1), || a
+            .owned_waiters(&limit)
+            == 0)
+        .await,
+        "the abandoned waiter is still in line"
+    );
+    drop(held);
+    let now = ask("slots", 10, None, Some(Duration::from_secs(1)));
+    assert!(take(&b.ws, &now).await.is_ok());
+}
