@@ -265,7 +265,15 @@ async fn lanes_and_priority_order_the_waiters_of_the_whole_cluster() {
         let (limits, order) = (inst.ws.clone(), order.clone());
         let ask = ask("one", priority, Some(lane), None);
         set.spawn(async move {
-            let _held = take(&limits, &ask).await.unwrap();
+            let got = take(&limits, &ask).await.unwrap();
+            // The wait in the owner's line is reported, as a local one is.
+            assert!(
+                got.waited
+                    .iter()
+                    .any(|(l, d)| &**l == "one" && !d.is_zero()),
+                "{name}: {:?}",
+                got.waited
+            );
             order.lock().unwrap().push(name);
         });
         assert!(eventually(Duration::from_secs(5), || a.owned_waiters(&limit) == n + 1).await);
