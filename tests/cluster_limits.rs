@@ -615,6 +615,9 @@ async fn a_refusal_names_the_limit_and_when_capacity_returns() {
         }
         other => panic!("expected a refusal with a retry delay, got {other:?}"),
     }
+    // The asking instance's metrics count the refusal its owner decided.
+    let view = b.shared.snapshot().into_iter().find(|v| &*v.name == "rate");
+    assert_eq!(view.map(|v| v.state.refusals), Some(1));
 }
 
 #[tokio::test]

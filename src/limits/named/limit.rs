@@ -341,6 +341,22 @@ impl Limit {
         }
     }
 
+    /// Counts an acquisition a cluster limit's owner decided: a wait (if it waited) or a
+    /// refusal (`None`), so this instance's metrics show what its executions went through.
+    pub(super) fn count_remote(&self, waited: Option<Duration>) {
+        let c = &self.counters;
+        match waited {
+            Some(d) if !d.is_zero() => {
+                c.waits.fetch_add(1, Ordering::Relaxed);
+                c.wait_nanos.fetch_add(nanos(d), Ordering::Relaxed);
+            }
+            Some(_) => {}
+            None => {
+                c.refusals.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Forgets idle keys; returns how many.
     pub(super) fn sweep(&self) -> usize {
         let now = self.now();

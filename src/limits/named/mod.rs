@@ -358,11 +358,15 @@ impl NamedLimits {
         };
         let start = match self.start(ask)? {
             Route::Local(start) => start,
-            Route::Cluster(cluster, request) => {
-                let permit = cluster
-                    .acquire(request)
-                    .await
-                    .map_err(|Denied::Busy { retry_after }| refused(retry_after))?;
+            Route::Cluster(cluster, request, limit) => {
+                let permit = match cluster.acquire(request).await {
+                    Ok(p) => p,
+                    Err(Denied::Busy { retry_after }) => {
+                        limit.count_remote(None);
+                        return Err(refused(retry_after));
+                    }
+                };
+                limit.count_remote(Some(permit.waited()));
                 if !permit.waited().is_zero() {
                     got.waited.push((Arc::clone(&ask.limit), permit.waited()));
                 }
@@ -419,7 +423,7 @@ impl NamedLimits {
                 if d.spec.scope == Scope::Cluster && !d.spec.shadow {
                     if let Some(cluster) = self.cluster() {
                         let request = self.cluster_request(ask, &d.spec, registry, shared);
-                        return Ok(Route::Cluster(cluster, request));
+                        return Ok(Route::Cluster(cluster, request, Arc::clone(&d.limit)));
                     }
                 }
                 let own = d
@@ -523,8 +527,8 @@ impl NamedLimits {
 enum Route {
     /// In this instance.
     Local(Start),
-    /// By the owner of a cluster limit.
-    Cluster(Arc<ClusterLimits>, ClusterRequest),
+    /// By the owner of a cluster limit; this instance's limit counts the outcome.
+    Cluster(Arc<ClusterLimits>, ClusterRequest, Arc<Limit>),
 }
 
 /// One limit as the operator view shows it.
