@@ -1,5 +1,6 @@
-//! Cluster limit acquisitions over a real nats-server on loopback: the round trip of one
-//! acquisition from an instance that does not own the limit, and how many acquisitions one
+//! Cluster limit acquisitions over a real nats-server on loopback, through `NamedLimits`
+//! with the real engine at the owner: the round trip of one acquisition from an instance
+//! that does not own the limit, and how many acquisitions one
 //! owner grants per second to pipelined requests from several tasks.
 //!
 //! `cargo bench --bench cluster_limits` (needs nats-server >= 2.11:
@@ -7,64 +8,24 @@
 //! trips and the acquisitions per second next to criterion's estimate.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use futures::future::BoxFuture;
-use sluice::limits::cluster::{
-    ClusterLimits, ClusterRequest, ClusterSettings, Grant, GrantRequest, HolderId, LimitRef,
-    LocalGrantor, Refusal,
-};
+use sluice::limits::cluster::{ClusterLimits, ClusterSettings};
+use sluice::limits::named::spec::parse_limits;
+use sluice::limits::named::{Ask, ClusterEngine, NamedLimits};
+use sluice::limits::TimeSource;
+use sluice::value::Value;
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/nats-test-server.sh");
-/// Far above what is measured, so the owner's limiter always grants at once and the bench
-/// measures the cluster layer.
-const RATE: f64 = 1e9;
 const PIPELINE_TASKS: usize = 32;
 const PER_TASK: usize = 2000;
 
-/// A token bucket that never makes anyone wait at the rates measured here.
-struct Bucket(Mutex<(f64, Instant)>);
-
-impl LocalGrantor for Bucket {
-    fn take_over(&self, _limit: &LimitRef) {
-        *self.0.lock().unwrap() = (0.0, Instant::now());
-    }
-
-    fn hand_back(&self, _limit: &LimitRef) {}
-
-    fn acquire(&self, req: GrantRequest) -> BoxFuture<'static, Result<Grant, Refusal>> {
-        let mut state = self.0.lock().unwrap();
-        let now = Instant::now();
-        let tokens = (state.0 + RATE * (now - state.1).as_secs_f64()).min(RATE);
-        let units = req.request.units as f64;
-        let result = if units <= tokens {
-            *state = (tokens - units, now);
-            Ok(Grant { slot: false })
-        } else {
-            *state = (tokens, now);
-            Err(Refusal::Busy {
-                retry_after: Duration::from_secs_f64((units - tokens) / RATE),
-            })
-        };
-        Box::pin(async move { result })
-    }
-
-    fn release(&self, _limit: &LimitRef, _key: &str, _holder: &HolderId) {}
-
-    fn adopt(&self, _limit: &LimitRef, _key: &str, _holder: &HolderId) {}
-}
-
-fn ask() -> ClusterRequest {
-    ClusterRequest {
-        limit: LimitRef::shared("bench"),
-        key: String::new(),
-        units: 1,
-        priority: 10,
-        lane: "default".into(),
-        wait: Some(Duration::from_secs(1)),
-    }
+fn ask() -> Ask {
+    let mut ask = Ask::new("bench", "");
+    ask.wait = Some(Duration::from_secs(1));
+    ask
 }
 
 fn start_server(pidfile: &Path) -> String {
@@ -82,12 +43,31 @@ fn start_server(pidfile: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-async fn instance(url: &str) -> ClusterLimits {
+/// An instance whose owner runs the real engine, with a cluster limit so generous (far
+/// above what is measured) that the owner always grants at once: the bench measures the
+/// cluster layer and the engine, not waiting.
+async fn instance(url: &str) -> (NamedLimits, ClusterLimits) {
     let client = async_nats::connect(url).await.expect("connect");
-    let grantor = Arc::new(Bucket(Mutex::new((0.0, Instant::now()))));
-    ClusterLimits::connect(client, &ClusterSettings::default(), grantor)
+    let time = TimeSource::real();
+    let engine = Arc::new(ClusterEngine::new(time.clone()));
+    let cluster = ClusterLimits::connect(client, &ClusterSettings::default(), engine)
         .await
-        .expect("cluster limits")
+        .expect("cluster limits");
+    let limits = NamedLimits::workspace("bench", None, time);
+    let yaml = serde_json::json!({"bench": {"rate": 1e9, "per": "second", "scope": "cluster"}});
+    match parse_limits(&Value::from(yaml), &["limits"]) {
+        Ok(specs) => limits.update(specs),
+        Err(e) => panic!("{e:?}"),
+    }
+    (limits, cluster)
+}
+
+/// Attaches `cluster` to `limits` and waits until the limit answers.
+async fn ready(limits: &NamedLimits, cluster: ClusterLimits) -> Arc<ClusterLimits> {
+    let cluster = Arc::new(cluster);
+    limits.attach_cluster(cluster.clone());
+    while limits.acquire_one(&ask()).await.is_err() {}
+    cluster
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -104,24 +84,25 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("tokio");
-    let (owner, asker) = tokio.block_on(async {
-        let owner = instance(&url).await;
-        // The first to use the limit takes its lease; wait until it answers.
-        while owner.acquire(ask()).await.is_err() {}
-        let asker = Arc::new(instance(&url).await);
-        while asker.acquire(ask()).await.is_err() {}
-        (owner, asker)
+    let (owner, asker, _handle) = tokio.block_on(async {
+        // The first to use the limit takes its lease.
+        let (owner, cluster) = instance(&url).await;
+        let owner_handle = ready(&owner, cluster).await;
+        let (asker, cluster) = instance(&url).await;
+        ready(&asker, cluster).await;
+        (owner, asker, owner_handle)
     });
     let samples = Mutex::new(Vec::new());
     c.bench_function("cluster_acquire_round_trip", |b| {
         b.to_async(&tokio).iter_custom(|iters| {
             let asker = asker.clone();
             let samples = &samples;
+            let ask = ask();
             async move {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let start = Instant::now();
-                    let permit = asker.acquire(ask()).await.expect("granted");
+                    let permit = asker.acquire_one(&ask).await.expect("granted");
                     let took = start.elapsed();
                     drop(permit);
                     total += took;
@@ -145,8 +126,9 @@ fn bench(c: &mut Criterion) {
         for _ in 0..PIPELINE_TASKS {
             let asker = asker.clone();
             tasks.spawn(async move {
+                let ask = ask();
                 for _ in 0..PER_TASK {
-                    asker.acquire(ask()).await.expect("granted");
+                    asker.acquire_one(&ask).await.expect("granted");
                 }
             });
         }

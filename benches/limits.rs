@@ -22,6 +22,7 @@ fn never_dry() -> LimitSettings {
         emits: setting,
         fetchs: setting,
         repeats: setting,
+        ..LimitSettings::default()
     }
 }
 

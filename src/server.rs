@@ -10,6 +10,8 @@
 use crate::bus::{Bus, BusError, EmbeddedBus};
 use crate::config::Settings;
 use crate::http::{router, AppState, Shutdown};
+use crate::limits::cluster::{ClusterError, ClusterLimits};
+use crate::limits::named::ClusterEngine;
 use crate::runtime::{ExecError, Runtime, Start};
 use crate::workspace::{Installer, Library, Workspace};
 use chrono::{DateTime, Utc};
@@ -130,6 +132,9 @@ pub enum ServeError {
     /// The workspaces root is not a folder.
     #[error("workspaces folder {0} does not exist (SLUICE_WORKSPACES or --workspaces)")]
     NoWorkspaces(String),
+    /// A cluster-limit setting is out of range.
+    #[error("{0}")]
+    ClusterLimits(crate::limits::cluster::ClusterError),
     /// The listen address cannot be bound.
     #[error("cannot listen on {address} (SLUICE_LISTEN or --listen): {source}")]
     Listen {
@@ -162,20 +167,45 @@ async fn shutdown_signal() {
     }
 }
 
-/// Connects the bus the settings ask for: NATS when `nats_url` is set, else embedded.
+/// Connects the bus the settings ask for: NATS when `nats_url` is set, else embedded; with
+/// NATS, also its connection, for cluster limits.
 async fn connect_bus(
     settings: &Settings,
     metrics: &Arc<crate::metrics::Metrics>,
-) -> Result<Arc<dyn Bus>, ServeError> {
+) -> Result<(Arc<dyn Bus>, Option<async_nats::Client>), ServeError> {
     match &settings.nats_url {
-        None => Ok(Arc::new(EmbeddedBus::with_settings(&settings.runtime))),
+        None => Ok((
+            Arc::new(EmbeddedBus::with_settings(&settings.runtime)),
+            None,
+        )),
         Some(url) => crate::bus::NatsBus::connect(url, &settings.nats, metrics.clone())
             .await
-            .map(|b| Arc::new(b) as Arc<dyn Bus>)
+            .map(|b| {
+                let client = b.client();
+                (Arc::new(b) as Arc<dyn Bus>, Some(client))
+            })
             .map_err(|source| ServeError::Bus {
                 url: crate::config::redact_userinfo(url),
                 source,
             }),
+    }
+}
+
+/// Cluster limits over `client` (SPEC section 9), with the named-limit engine as the
+/// limiter of the limits this instance comes to own. A NATS that cannot hold them (no
+/// JetStream, or older than 2.11) leaves `scope: cluster` limits per instance, loudly.
+async fn connect_cluster_limits(
+    client: async_nats::Client,
+    settings: &Settings,
+) -> Result<Option<Arc<ClusterLimits>>, ServeError> {
+    let engine = Arc::new(ClusterEngine::new(crate::limits::TimeSource::real()));
+    match ClusterLimits::connect(client, &settings.limits.cluster(), engine).await {
+        Ok(cluster) => Ok(Some(Arc::new(cluster))),
+        Err(e @ ClusterError::Setting(_)) => Err(ServeError::ClusterLimits(e)),
+        Err(e) => {
+            tracing::error!(error = %e, "cluster limits unavailable: scope: cluster limits hold per instance");
+            Ok(None)
+        }
     }
 }
 
@@ -186,13 +216,18 @@ pub struct Server {
     runtime: Runtime,
     bus: Arc<dyn Bus>,
     library: Arc<Library>,
+    cluster_limits: Option<Arc<ClusterLimits>>,
 }
 
 impl Server {
     /// Connects the bus and loads every workspace of `settings`.
     pub async fn start(settings: Settings) -> Result<Server, ServeError> {
         let metrics = Arc::new(crate::metrics::Metrics::default());
-        let bus = connect_bus(&settings, &metrics).await?;
+        let (bus, nats) = connect_bus(&settings, &metrics).await?;
+        let cluster_limits = match nats {
+            Some(client) => connect_cluster_limits(client, &settings).await?,
+            None => None,
+        };
         let runtime = Runtime::with_metrics(settings.clone(), bus.clone(), metrics)
             .map_err(ServeError::Runtime)?;
         let library = Arc::new(Library::new(runtime.clone(), &settings));
@@ -209,7 +244,14 @@ impl Server {
             runtime,
             bus,
             library,
+            cluster_limits,
         })
+    }
+
+    /// The cluster limits of this instance, with NATS: attach them to the named-limit
+    /// registries (`NamedLimits::attach_cluster`) so `scope: cluster` limits hold cluster-wide.
+    pub fn cluster_limits(&self) -> Option<&Arc<ClusterLimits>> {
+        self.cluster_limits.as_ref()
     }
 
     /// The runtime this server runs automations on.
@@ -229,6 +271,7 @@ impl Server {
             runtime,
             bus,
             library,
+            cluster_limits,
         } = self;
         let ready = Arc::new(AtomicBool::new(true));
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -271,6 +314,10 @@ impl Server {
         http_shutdown.finish(grace).await;
         let _ = stop_tx.send(true);
         background.wait().await;
+        if let Some(cluster) = &cluster_limits {
+            // Hands the limits this instance owns to another one at once.
+            cluster.shutdown().await;
+        }
         tracing::info!("finishing events in flight");
         bus.shutdown().await;
         tracing::info!("stopped");

@@ -98,6 +98,11 @@ pub struct NatsBus {
 }
 
 impl NatsBus {
+    /// The connection, for the other users of this NATS (cluster limits).
+    pub fn client(&self) -> async_nats::Client {
+        self.client.clone()
+    }
+
     /// Connects to `url` and creates (or updates) the events stream, the shared
     /// consumer and the claims stream.
     pub async fn connect(

@@ -103,6 +103,12 @@ impl Settings {
             .and_then(config::Config::try_deserialize)
             .map_err(&file_error)?;
         settings.check_limit_pairs(file_name.as_deref(), &given)?;
+        if let Err(e) = settings.limits.cluster().validate() {
+            return Err(ConfigError::File {
+                file: file_name.unwrap_or_else(|| "settings".to_owned()),
+                message: e.to_string(),
+            });
+        }
         Ok(settings)
     }
 

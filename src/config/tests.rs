@@ -387,3 +387,22 @@ fn debug_output_hides_credentials() {
     );
     assert!(shown.contains("nats://<redacted>@127.0.0.1:4222"));
 }
+
+#[test]
+fn cluster_limit_settings_are_read_under_limits_and_checked() {
+    let file = yaml("limits: {lease_secs: 10, cluster_bucket: owners}");
+    let s = Settings::load_from(Some(file.path()), &env_of(&[])).unwrap();
+    assert_eq!(s.limits.cluster().lease_secs, 10);
+    assert_eq!(s.limits.cluster().cluster_bucket, "owners");
+    assert_eq!(Settings::default().limits.lease_secs, 5);
+    let file = yaml("limits: {lease_secs: 1}");
+    let message = Settings::load_from(Some(file.path()), &env_of(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.ends_with(
+            "limits.lease_secs is 1; it must be a whole number of seconds from 2 to 3600"
+        ),
+        "{message}"
+    );
+}

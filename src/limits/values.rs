@@ -4,6 +4,7 @@
 //! kinds of value, so the rules (and the wording of their errors) live here once. A value
 //! that passes these checks can never make governor's nanosecond arithmetic overflow.
 
+use super::cluster::ClusterSettings;
 use governor::Quota;
 use serde::{Deserialize, Serialize};
 use std::num::NonZeroU32;
@@ -122,6 +123,11 @@ pub struct LimitSettings {
     pub fetchs: RateSetting,
     /// `repeat` iterations.
     pub repeats: RateSetting,
+    /// Seconds an owner's lease of a cluster limit and an instance's held slots live
+    /// without renewal (SPEC section 9).
+    pub lease_secs: u64,
+    /// The JetStream key-value bucket holding the owners of cluster limits.
+    pub cluster_bucket: String,
 }
 
 /// One token bucket: its refill rate and its capacity.
@@ -145,11 +151,21 @@ impl Default for LimitSettings {
             emits: limit(30.0, 100),
             fetchs: limit(50.0, 200),
             repeats: limit(1000.0, 4000),
+            lease_secs: ClusterSettings::default().lease_secs,
+            cluster_bucket: ClusterSettings::default().cluster_bucket,
         }
     }
 }
 
 impl LimitSettings {
+    /// The settings of cluster-wide limits (`limits.lease_secs`, `limits.cluster_bucket`).
+    pub fn cluster(&self) -> ClusterSettings {
+        ClusterSettings {
+            lease_secs: self.lease_secs,
+            cluster_bucket: self.cluster_bucket.clone(),
+        }
+    }
+
     /// The setting of one kind of limit.
     pub fn get(&self, kind: super::LimitKind) -> RateSetting {
         match kind {

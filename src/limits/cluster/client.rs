@@ -140,8 +140,11 @@ impl ClusterLimits {
         let (tx, mut answers) = mpsc::unbounded_channel();
         lock(&limit.waiting).insert(request, tx);
         let _waiting = Waiting(limit.clone(), request);
-        let deadline = ask.wait.map(|w| Instant::now() + w);
+        let started = Instant::now();
+        let deadline = ask.wait.map(|w| started + w);
         let subject = wire::subject(&ask.limit);
+        // Whether the owner made it wait in line: only then is the time reported as waited.
+        let mut queued = false;
         loop {
             let wait_ms = deadline.map(|d| {
                 u64::try_from(d.saturating_duration_since(Instant::now()).as_millis())
@@ -177,6 +180,7 @@ impl ClusterLimits {
                 }
             };
             if reply == Some(Reply::Queued) {
+                queued = true;
                 let until = deadline.map(|d| d + GRACE);
                 reply = tokio::select! {
                     answer = answers.recv() => answer,
@@ -185,11 +189,16 @@ impl ClusterLimits {
             }
             match reply {
                 Some(Reply::Granted { slot }) => {
-                    return Ok(self.permit(&limit, &ask, request, slot));
+                    let waited = if queued {
+                        started.elapsed()
+                    } else {
+                        Duration::ZERO
+                    };
+                    return Ok(self.permit(&limit, &ask, request, slot, waited));
                 }
                 Some(Reply::Refused { retry_after_ms }) => {
                     return Err(Denied::Busy {
-                        retry_after: Duration::from_millis(retry_after_ms),
+                        retry_after: retry_after_ms.map(Duration::from_millis),
                     });
                 }
                 // The owner is handing the limit over: give the next one a moment.
@@ -197,7 +206,9 @@ impl ClusterLimits {
                 _ => {}
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(Denied::Busy { retry_after: RETRY });
+                return Err(Denied::Busy {
+                    retry_after: Some(RETRY),
+                });
             }
         }
     }
@@ -208,6 +219,7 @@ impl ClusterLimits {
         ask: &ClusterRequest,
         request: u64,
         slot: bool,
+        waited: Duration,
     ) -> ClusterPermit {
         let holder = slot.then(|| {
             lock(&limit.held).insert(request, ask.key.clone());
@@ -221,6 +233,7 @@ impl ClusterLimits {
             limit: ask.limit.clone(),
             key: ask.key.clone(),
             holder,
+            waited,
         }
     }
 
@@ -281,12 +294,28 @@ pub struct ClusterPermit {
     limit: LimitRef,
     key: String,
     holder: Option<HolderId>,
+    waited: Duration,
 }
 
 impl ClusterPermit {
     /// Whether this permit holds a concurrency slot.
     pub fn holds_slot(&self) -> bool {
         self.holder.is_some()
+    }
+
+    /// How long the acquisition waited in the owner's line (zero if granted at once).
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+}
+
+impl std::fmt::Debug for ClusterPermit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterPermit")
+            .field("limit", &self.limit)
+            .field("key", &self.key)
+            .field("holder", &self.holder)
+            .finish_non_exhaustive()
     }
 }
 
@@ -414,7 +443,7 @@ struct Serving {
 async fn take(shared: &Arc<Shared>, limit: &LimitRef, serving: &mut Option<Serving>) {
     let sent_at = Instant::now();
     match shared.leases.take(limit).await {
-        Ok(Holder::Me(revision)) => {
+        Ok(Holder::Me { revision, fresh }) => {
             let (stop, stopped) = oneshot::channel();
             let owner = Owner {
                 client: shared.client.clone(),
@@ -422,6 +451,7 @@ async fn take(shared: &Arc<Shared>, limit: &LimitRef, serving: &mut Option<Servi
                 settings: shared.settings.clone(),
                 instance: shared.instance.clone(),
                 limit: limit.clone(),
+                fresh,
             };
             let name = limit.clone();
             let task = tokio::spawn(async move {

@@ -28,8 +28,14 @@ pub(super) struct Leases {
 /// Who owns a limit, as last read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Holder {
-    /// This instance, at this revision of the lease entry.
-    Me(u64),
+    /// This instance, at this revision of the lease entry; `fresh` when no instance held
+    /// the lease recently (no entry, not even an expiry's marker).
+    Me {
+        /// The revision to renew at.
+        revision: u64,
+        /// Nobody owned the limit recently.
+        fresh: bool,
+    },
     /// Another instance (by id).
     Other(String),
 }
@@ -81,6 +87,7 @@ impl Leases {
             .entry(key.as_str())
             .await
             .map_err(|e| ClusterError::Nats(format!("reading the owner of {limit}: {e}")))?;
+        let fresh = entry.is_none();
         let expected = match entry {
             None => 0,
             Some(e) if e.operation != Operation::Put => e.revision,
@@ -88,7 +95,7 @@ impl Leases {
             Some(e) => return Ok(Holder::Other(String::from_utf8_lossy(&e.value).into())),
         };
         match self.write(&store, &key, expected).await {
-            Ok(revision) => Ok(Holder::Me(revision)),
+            Ok(revision) => Ok(Holder::Me { revision, fresh }),
             // Another instance wrote first: read who on the next round.
             Err(_) => Ok(Holder::Other(String::new())),
         }

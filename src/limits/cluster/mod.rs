@@ -16,7 +16,8 @@
 //!   every third of `lease_secs`; the slots of an instance that stops are freed within
 //!   `lease_secs`, and a new owner learns held slots from those heartbeats.
 //! - A new owner starts with empty buckets, so a takeover never grants more than one burst
-//!   beyond the limit.
+//!   beyond the limit. Only a first owner (the lease key absent: nobody owned the limit
+//!   since its expiry marker went, a second after a lease) starts full.
 
 mod client;
 mod holders;
@@ -169,13 +170,38 @@ pub struct ClusterRequest {
     /// The rendered key (`""` for a limit without `key`).
     pub key: String,
     /// Units counted against the rate.
-    pub units: u64,
+    pub units: f64,
     /// Higher is served first among waiters of the same lane.
     pub priority: i64,
     /// The waiting lane.
     pub lane: String,
     /// The longest wait; `None` waits as long as it takes.
     pub wait: Option<Duration>,
+    /// The limit as the asking instance declares it: the owner enforces what its askers
+    /// declare, so it needs neither the workspace's files nor its templates.
+    pub params: ClusterParams,
+}
+
+/// A limit's enforced settings, as they travel to its owner.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterParams {
+    /// Units per period and the burst, when the limit has a rate.
+    pub rate: Option<ClusterRate>,
+    /// Holders allowed at once, when the limit has a concurrency.
+    pub concurrency: Option<u32>,
+    /// Lane weights; a lane not listed weighs 1.
+    pub lanes: Vec<(String, u32)>,
+}
+
+/// A rate: `rate` units every `per`, `burst` at once.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterRate {
+    /// Units per period.
+    pub rate: f64,
+    /// The period.
+    pub per: Duration,
+    /// Units at once.
+    pub burst: f64,
 }
 
 /// One acquisition as the owner hands it to its local limiter.
@@ -197,10 +223,11 @@ pub struct Grant {
 /// Why the local limiter did not grant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
-    /// Not within the request's wait; capacity is expected after `retry_after`.
+    /// Not within the request's wait; capacity is expected after `retry_after` (`None`:
+    /// when a holder releases a slot).
     Busy {
         /// When capacity is expected.
-        retry_after: Duration,
+        retry_after: Option<Duration>,
     },
     /// This instance stopped serving the limit (it lost ownership): ask the new owner.
     Closed,
@@ -209,10 +236,11 @@ pub enum Refusal {
 /// The local limiter that an owner runs for the whole cluster: the section-7 engine through
 /// an adapter. Every call is about one limit that this instance currently owns.
 pub trait LocalGrantor: Send + Sync + 'static {
-    /// This instance starts owning `limit`: its rate keys must start empty and refill from
-    /// now (a key first seen later holds only what refilled since this call), so a takeover
-    /// never adds a burst to what the old owner granted.
-    fn take_over(&self, limit: &LimitRef);
+    /// This instance starts owning `limit`. Unless `fresh` (no instance owned it recently,
+    /// so nothing was granted lately), its rate keys must start empty and refill from now (a
+    /// key first seen later holds only what refilled since this call), so a takeover never
+    /// adds a burst to what the old owner granted.
+    fn take_over(&self, limit: &LimitRef, fresh: bool);
 
     /// This instance stops owning `limit`: its waiters end with [`Refusal::Closed`] and its
     /// state may be dropped.
@@ -247,7 +275,7 @@ pub enum Denied {
     /// Not granted within the request's wait.
     #[error("cluster limit busy; capacity expected in {retry_after:?}")]
     Busy {
-        /// When capacity is expected.
-        retry_after: Duration,
+        /// When capacity is expected; `None` when it depends on holders releasing slots.
+        retry_after: Option<Duration>,
     },
 }

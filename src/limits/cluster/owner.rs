@@ -7,24 +7,30 @@
 //!   is answered "queued", and its result goes later to the instance's inbox.
 //! - Right after a takeover the owner only listens for a short while: the instances that
 //!   lost the old owner heartbeat every [`super::client::RETRY`], so their held slots are
-//!   adopted before any new slot is granted.
+//!   adopted before any new slot is granted. A first owner (no recent lease) serves at once.
 //! - Held slots are swept every [`SWEEP`]: an instance silent for a lease loses them.
+//! - A queued request its instance's heartbeat no longer lists (the caller gave up) leaves
+//!   the line, so abandoned waits take neither units nor slots.
 
 use super::holders::Holders;
 use super::wire::{self, Late, Reply, ToOwner};
 use super::{ClusterError, ClusterSettings, Grant, GrantRequest, HolderId, LimitRef, LocalGrantor};
 use super::{ClusterRequest, Refusal};
 use futures::{FutureExt, StreamExt};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 /// How long a new owner listens to heartbeats before it serves acquisitions.
 const LEARN: Duration = Duration::from_millis(300);
 /// How often held slots are checked for silent instances: the slack on top of the lease.
 const SWEEP: Duration = Duration::from_millis(100);
+/// How long a request is in line before a heartbeat that does not list it can mean its
+/// caller gave up: longer than a heartbeat takes to arrive.
+const ABANDONED_AFTER: Duration = Duration::from_secs(1);
 
 /// What the owner of one limit needs.
 #[derive(Clone)]
@@ -34,13 +40,19 @@ pub(super) struct Owner {
     pub settings: ClusterSettings,
     pub instance: String,
     pub limit: LimitRef,
+    /// Nobody owned the limit recently: no slot to learn, no grant to make up for.
+    pub fresh: bool,
 }
 
 /// An acquisition the owner knows, by instance and number.
 #[derive(Clone, Debug)]
 enum Known {
-    /// In the waiting line.
-    Queued,
+    /// In the waiting line since `since`; `task` awaits its outcome (none while the owner
+    /// is still learning).
+    Queued {
+        since: Instant,
+        task: Option<AbortHandle>,
+    },
     /// Answered at this time.
     Done(Reply, Instant),
 }
@@ -76,7 +88,7 @@ impl Owner {
             .subscribe(wire::subject(&self.limit))
             .await
             .map_err(|e| ClusterError::Nats(format!("serving {}: {e}", self.limit)))?;
-        self.grantor.take_over(&self.limit);
+        self.grantor.take_over(&self.limit, self.fresh);
         let _hand_back = HandBack(self.grantor.clone(), self.limit.clone());
         tracing::info!(limit = %self.limit, instance = %self.instance, "owning cluster limit");
         let state = Arc::new(Mutex::new(State {
@@ -86,7 +98,7 @@ impl Owner {
         }));
         let learning = tokio::time::sleep(LEARN);
         tokio::pin!(learning);
-        let mut learnt = false;
+        let mut learnt = self.fresh;
         let mut buffered: Vec<(String, u64, ClusterRequest, Option<u64>, Instant)> = Vec::new();
         let mut sweep = tokio::time::interval(SWEEP);
         let mut forget = tokio::time::interval(self.settings.renew_every());
@@ -113,10 +125,10 @@ impl Owner {
                         Ok(ToOwner::Acquire { instance, request, ask, wait_ms }) => {
                             let known = lock(&state).requests.get(&(instance.clone(), request)).cloned();
                             match known {
-                                Some(Known::Queued) => Reply::Queued,
+                                Some(Known::Queued { .. }) => Reply::Queued,
                                 Some(Known::Done(reply, _)) => reply,
                                 None if !learnt => {
-                                    lock(&state).requests.insert((instance.clone(), request), Known::Queued);
+                                    lock(&state).requests.insert((instance.clone(), request), queued(None));
                                     buffered.push((instance, request, ask, wait_ms, Instant::now()));
                                     Reply::Queued
                                 }
@@ -166,16 +178,19 @@ impl Owner {
         if let Some(result) = (&mut outcome).now_or_never() {
             return Some(record(state, &holder, &ask.key, result));
         }
-        lock(state)
-            .requests
-            .insert((instance.clone(), request), Known::Queued);
+        let id = (instance.clone(), request);
+        lock(state).requests.insert(id.clone(), queued(None));
         let owner = self.clone();
-        let state = state.clone();
-        tokio::spawn(async move {
+        let task_state = state.clone();
+        let task = tokio::spawn(async move {
             let result = outcome.await;
-            let reply = record(&state, &holder, &ask.key, result);
+            let reply = record(&task_state, &holder, &ask.key, result);
             owner.send_late(&instance, request, &ask, reply).await;
         });
+        // Unless already answered, the task can now be stopped if its asker gives up.
+        if let Some(Known::Queued { task: slot, .. }) = lock(state).requests.get_mut(&id) {
+            *slot = Some(task.abort_handle());
+        }
         None
     }
 
@@ -210,20 +225,39 @@ impl Owner {
         for (holder, key) in &changes.free {
             self.grantor.release(&self.limit, key, holder);
         }
+        // Requests the instance no longer waits for (their caller gave up) leave the line,
+        // unless they may have been queued after the heartbeat left.
+        let waiting_now: HashSet<u64> = waiting.iter().copied().collect();
+        state.requests.retain(|(from, request), known| {
+            let Known::Queued {
+                since,
+                task: Some(task),
+            } = known
+            else {
+                return true;
+            };
+            let abandoned = from == instance
+                && !waiting_now.contains(request)
+                && since.elapsed() >= ABANDONED_AFTER;
+            if abandoned {
+                task.abort();
+            }
+            !abandoned
+        });
         let unknown = waiting
             .iter()
             .copied()
             .filter(|r| {
                 !matches!(
                     state.requests.get(&(instance.to_string(), *r)),
-                    Some(Known::Queued)
+                    Some(Known::Queued { .. })
                 )
             })
             .collect();
         let waiters = state
             .requests
             .values()
-            .filter(|k| matches!(k, Known::Queued))
+            .filter(|k| matches!(k, Known::Queued { .. }))
             .count();
         Reply::Alive {
             owner: self.instance.clone(),
@@ -247,10 +281,17 @@ impl Owner {
     }
 }
 
+fn queued(task: Option<AbortHandle>) -> Known {
+    Known::Queued {
+        since: Instant::now(),
+        task,
+    }
+}
+
 /// Forgets answers older than a lease: a resend comes within a few answer timeouts.
 fn forget_answers(state: &Mutex<State>, lease: Duration) {
     lock(state).requests.retain(|_, known| match known {
-        Known::Queued => true,
+        Known::Queued { .. } => true,
         Known::Done(_, at) => at.elapsed() < lease,
     });
 }
@@ -272,7 +313,7 @@ fn record(
             Reply::Granted { slot: grant.slot }
         }
         Err(Refusal::Busy { retry_after }) => Reply::Refused {
-            retry_after_ms: u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
+            retry_after_ms: retry_after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         },
         Err(Refusal::Closed) => Reply::Moved,
     };

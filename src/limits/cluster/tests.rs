@@ -33,10 +33,19 @@ fn messages_round_trip() {
         ask: ClusterRequest {
             limit: LimitRef::shared("llm"),
             key: "k".into(),
-            units: 3,
+            units: 3.0,
             priority: 100,
             lane: "interactive".into(),
             wait: Some(Duration::from_millis(250)),
+            params: ClusterParams {
+                rate: Some(ClusterRate {
+                    rate: 20.0,
+                    per: Duration::from_secs(1),
+                    burst: 5.0,
+                }),
+                concurrency: Some(3),
+                lanes: vec![("interactive".into(), 3)],
+            },
         },
         wait_ms: Some(120),
     };

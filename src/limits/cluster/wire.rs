@@ -62,8 +62,8 @@ pub(super) enum Reply {
     },
     /// Not granted within the wait.
     Refused {
-        /// When capacity is expected, in ms.
-        retry_after_ms: u64,
+        /// When capacity is expected, in ms; `None` when holders must release slots first.
+        retry_after_ms: Option<u64>,
     },
     /// In the waiting line; the answer will come on the instance's inbox.
     Queued,

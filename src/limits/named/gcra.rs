@@ -44,6 +44,11 @@ impl Rate {
         tat.max(now).saturating_add(self.cost(units))
     }
 
+    /// The TAT of a bucket that was empty at `at`: it holds only what refilled since.
+    pub fn empty_at(&self, at: u64) -> u64 {
+        at.saturating_add(self.tau)
+    }
+
     /// Units that could be taken at `now`.
     pub fn available(&self, tat: u64, now: u64) -> f64 {
         let used = tat.saturating_sub(now).min(self.tau);

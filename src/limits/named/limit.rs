@@ -10,6 +10,7 @@ use super::lanes::RequestId;
 use super::machine::{Event, KeyState, Params};
 use super::permit::{ns, Permit, Signal, Turn};
 use crate::limits::clock::TimeSource;
+use crate::limits::cluster::ClusterStatus;
 use governor::clock::Clock;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +52,9 @@ pub struct Limit {
     shards: Box<[Mutex<Shard>]>,
     next_id: AtomicU64,
     counters: Counters,
+    /// For a limit a cluster owner took over: keys first seen start with what refilled
+    /// since this instant, not full.
+    drained: Option<u64>,
 }
 
 /// How one acquisition of one limit starts.
@@ -93,7 +97,15 @@ impl Limit {
                 .collect(),
             next_id: AtomicU64::new(0),
             counters: Counters::default(),
+            drained: None,
         }
+    }
+
+    /// A limit whose keys start empty now and refill from here (a cluster owner's takeover).
+    pub(super) fn drained(name: Arc<str>, params: Arc<Params>, time: TimeSource) -> Limit {
+        let mut limit = Limit::new(name, params, true, time);
+        limit.drained = Some(limit.now());
+        limit
     }
 
     /// The limit's name.
@@ -135,6 +147,9 @@ impl Limit {
             state: KeyState::new(),
             params: own.cloned(),
         };
+        if let Some(at) = self.drained {
+            entry.state.drain_at(own.unwrap_or(params), at);
+        }
         let start = self.decide(&mut entry, params, own, want, now);
         if !entry.state.is_idle(now) {
             keys.insert(want.key, entry);
@@ -240,7 +255,27 @@ impl Limit {
         entry
             .state
             .rescale(&old, &new, now, &mut |e| self.deliver(e));
+        if let Some(at) = self.drained.filter(|_| old.rate.is_none()) {
+            // A key first seen through an adopted slot learns its rate only now.
+            entry.state.drain_at(&new, at);
+        }
         entry.params = own.cloned();
+    }
+
+    /// Counts a slot of `key` granted elsewhere as held (see [`KeyState::adopt`]).
+    pub(super) fn adopt_slot(self: &Arc<Self>, key: &str) -> Permit {
+        let mut guard = self.shard(key);
+        if let Some(entry) = guard.keys.get_mut(key) {
+            entry.state.adopt();
+        } else {
+            let mut entry = Entry {
+                state: KeyState::new(),
+                params: None,
+            };
+            entry.state.adopt();
+            guard.keys.insert(key, entry);
+        }
+        Permit::slot(Arc::clone(self), key)
     }
 
     /// Serves `key`'s line now (its driver woke up).
@@ -302,6 +337,22 @@ impl Limit {
                         .state
                         .rescale(&old, params, now, &mut |e| self.deliver(e));
                 }
+            }
+        }
+    }
+
+    /// Counts an acquisition a cluster limit's owner decided: a wait (if it waited) or a
+    /// refusal (`None`), so this instance's metrics show what its executions went through.
+    pub(super) fn count_remote(&self, waited: Option<Duration>) {
+        let c = &self.counters;
+        match waited {
+            Some(d) if !d.is_zero() => {
+                c.waits.fetch_add(1, Ordering::Relaxed);
+                c.wait_nanos.fetch_add(nanos(d), Ordering::Relaxed);
+            }
+            Some(_) => {}
+            None => {
+                c.refusals.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -379,6 +430,9 @@ pub struct Snapshot {
     pub shadow_waits: u64,
     /// Their total would-be wait.
     pub shadow_wait_seconds: f64,
+    /// For a `scope: cluster` limit with NATS: its owner and cluster-wide holders and
+    /// waiters, as last heard (`None` before the first answer, or without NATS).
+    pub cluster: Option<ClusterStatus>,
 }
 
 /// FNV-1a of the key, to pick its shard: cheap, and needing no resistance to chosen keys,

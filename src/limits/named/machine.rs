@@ -196,6 +196,20 @@ impl<T: Clone> KeyState<T> {
         Some(w.payload)
     }
 
+    /// Counts a slot granted elsewhere (by a previous cluster owner) as held, even past the
+    /// concurrency: new grants wait until holders are back under it.
+    pub fn adopt(&mut self) {
+        self.held = self.held.saturating_add(1);
+    }
+
+    /// Makes the bucket hold no more than what refilled since `at` (a cluster owner's
+    /// takeover: the old owner may have granted the burst just before).
+    pub fn drain_at(&mut self, p: &Params, at: u64) {
+        if let Some(r) = &p.rate {
+            self.tat = self.tat.max(r.gcra.empty_at(at));
+        }
+    }
+
     /// Gives back one concurrency slot; call `poll` next.
     pub fn release(&mut self) {
         self.held = self.held.saturating_sub(1);

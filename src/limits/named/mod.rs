@@ -13,12 +13,16 @@
 //!   release, live change, idle eviction and counters.
 //! - `permit`: the [`Permit`] that releases concurrency on drop.
 //! - `render`: a use's templates evaluated at acquisition into an [`Ask`].
+//! - [`cluster`]: the engine as the limiter a cluster owner runs ([`ClusterEngine`]).
 //!
 //! This module holds the per-workspace registry ([`NamedLimits`]): it resolves names (the
 //! workspace's own limits, then the operator's shared ones), renders the templates of a
 //! [`Use`] at acquisition, and takes several limits without deadlock by always taking them
-//! in one canonical order, each at most once.
+//! in one canonical order, each at most once. Asks of `scope: cluster` limits go to the
+//! limit's owner through the attached [`ClusterLimits`] (SPEC section 9); without one they
+//! stay local, as `scope: instance`.
 
+pub mod cluster;
 mod gcra;
 mod keys;
 mod lanes;
@@ -29,6 +33,7 @@ mod render;
 pub mod spec;
 pub mod uses;
 
+pub use cluster::ClusterEngine;
 pub use lanes::RequestId;
 pub use limit::Snapshot;
 pub use permit::Permit;
@@ -37,6 +42,7 @@ pub use spec::{LimitSpec, Number, Per, Scope, SpecError};
 pub use uses::{Target, Use};
 
 use crate::limits::clock::TimeSource;
+use crate::limits::cluster::{ClusterLimits, ClusterRequest, Denied, LimitRef};
 use limit::{Limit, Start, Want};
 use machine::Params;
 use std::collections::HashMap;
@@ -63,6 +69,8 @@ struct Registry {
     /// Inline limits, keyed by their rendered key.
     inline: Arc<Limit>,
     shared: Option<NamedLimits>,
+    /// Where asks of `scope: cluster` limits go; `None` without NATS.
+    cluster: RwLock<Option<Arc<ClusterLimits>>>,
 }
 
 #[derive(Clone)]
@@ -212,7 +220,29 @@ impl NamedLimits {
             limits: RwLock::new(HashMap::default()),
             inline,
             shared,
+            cluster: RwLock::new(None),
         }))
+    }
+
+    /// Enforces this registry's `scope: cluster` limits across the cluster through
+    /// `cluster`. A workspace registry without its own handle uses its shared registry's.
+    pub fn attach_cluster(&self, cluster: Arc<ClusterLimits>) {
+        *self
+            .0
+            .cluster
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(cluster);
+    }
+
+    /// The cluster handle asks go through: this registry's, else its shared registry's.
+    fn cluster(&self) -> Option<Arc<ClusterLimits>> {
+        let own = self
+            .0
+            .cluster
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        own.or_else(|| self.0.shared.as_ref()?.cluster())
     }
 
     /// Applies a new set of declarations: a changed limit keeps its used units and held
@@ -326,7 +356,25 @@ impl NamedLimits {
             wait: ask.wait.unwrap_or_default(),
             retry_after,
         };
-        match self.start(ask)? {
+        let start = match self.start(ask)? {
+            Route::Local(start) => start,
+            Route::Cluster(cluster, request, limit) => {
+                let permit = match cluster.acquire(request).await {
+                    Ok(p) => p,
+                    Err(Denied::Busy { retry_after }) => {
+                        limit.count_remote(None);
+                        return Err(refused(retry_after));
+                    }
+                };
+                limit.count_remote(Some(permit.waited()));
+                if !permit.waited().is_zero() {
+                    got.waited.push((Arc::clone(&ask.limit), permit.waited()));
+                }
+                got.keep(Permit::cluster(permit));
+                return Ok(());
+            }
+        };
+        match start {
             Start::Granted(p) => got.keep(p),
             Start::Shadow(p, would) => {
                 got.keep(p);
@@ -348,13 +396,16 @@ impl NamedLimits {
 
     /// Resolves the limit of `ask` and starts taking it, under the registry's read lock
     /// (held for the few steps of the decision only, so the common path clones nothing).
-    fn start(&self, ask: &Ask) -> Result<Start, AcquireError> {
+    /// A cluster limit with a cluster handle attached is only resolved here.
+    fn start(&self, ask: &Ask) -> Result<Route, AcquireError> {
         if let Some(i) = &ask.inline {
             let own = match &i.params {
                 Some(p) => Arc::clone(p),
                 None => Arc::new(i.spec.params(ask.rate)),
             };
-            return Ok(self.0.inline.start(self.want(ask, false), Some(&own)));
+            return Ok(Route::Local(
+                self.0.inline.start(self.want(ask, false), Some(&own)),
+            ));
         }
         let own_or_shared = [Some(self), self.0.shared.as_ref()];
         for (registry, shared) in own_or_shared
@@ -368,14 +419,47 @@ impl NamedLimits {
                 .read()
                 .unwrap_or_else(PoisonError::into_inner);
             if let Some(d) = map.get(&*ask.limit) {
+                // Shadow limits only account, which each instance does for itself.
+                if d.spec.scope == Scope::Cluster && !d.spec.shadow {
+                    if let Some(cluster) = self.cluster() {
+                        let request = self.cluster_request(ask, &d.spec, registry, shared);
+                        return Ok(Route::Cluster(cluster, request, Arc::clone(&d.limit)));
+                    }
+                }
                 let own = d
                     .spec
                     .rate_is_template()
                     .then(|| Arc::new(d.spec.params(ask.rate)));
-                return Ok(d.limit.start(self.want(ask, shared), own.as_ref()));
+                return Ok(Route::Local(
+                    d.limit.start(self.want(ask, shared), own.as_ref()),
+                ));
             }
         }
         Err(AcquireError::Unknown(Arc::clone(&ask.limit)))
+    }
+
+    /// What `ask` asks of the owner of cluster limit `spec`, declared in `registry`.
+    fn cluster_request(
+        &self,
+        ask: &Ask,
+        spec: &LimitSpec,
+        registry: &NamedLimits,
+        shared: bool,
+    ) -> ClusterRequest {
+        let limit = match &registry.0.workspace {
+            Some(ws) => LimitRef::workspace(ws, &spec.name),
+            None => LimitRef::shared(&spec.name),
+        };
+        let want = self.want(ask, shared);
+        ClusterRequest {
+            limit,
+            key: ask.key.clone(),
+            units: ask.units,
+            priority: ask.priority,
+            lane: want.lane.to_owned(),
+            wait: ask.wait,
+            params: cluster::wire_params(&spec.params(ask.rate)),
+        }
     }
 
     /// What `ask` wants of one limit; the lane defaults to the workspace's for a shared one.
@@ -405,15 +489,27 @@ impl NamedLimits {
         limits.iter().map(|l| l.sweep()).sum::<usize>() + self.0.inline.sweep()
     }
 
-    /// Every limit declared here, then the inline ones (as `inline`), with their state.
+    /// Every limit declared here, then the inline ones (as `inline`), with their state. A
+    /// cluster limit also shows its owner and cluster-wide holders and waiters.
     pub fn snapshot(&self) -> Vec<LimitView> {
+        let cluster = self.cluster();
         let mut views: Vec<LimitView> = {
             let map = self.0.limits.read().unwrap_or_else(PoisonError::into_inner);
             map.values()
-                .map(|d| LimitView {
-                    name: Arc::clone(d.limit.name()),
-                    spec: Some(Arc::clone(&d.spec)),
-                    state: d.limit.snapshot(),
+                .map(|d| {
+                    let mut state = d.limit.snapshot();
+                    if let Some(c) = cluster.as_ref().filter(|_| d.spec.scope == Scope::Cluster) {
+                        let limit = match &self.0.workspace {
+                            Some(ws) => LimitRef::workspace(ws, &d.spec.name),
+                            None => LimitRef::shared(&d.spec.name),
+                        };
+                        state.cluster = c.status(&limit);
+                    }
+                    LimitView {
+                        name: Arc::clone(d.limit.name()),
+                        spec: Some(Arc::clone(&d.spec)),
+                        state,
+                    }
                 })
                 .collect()
         };
@@ -425,6 +521,14 @@ impl NamedLimits {
         });
         views
     }
+}
+
+/// Where one acquisition of one limit is decided.
+enum Route {
+    /// In this instance.
+    Local(Start),
+    /// By the owner of a cluster limit; this instance's limit counts the outcome.
+    Cluster(Arc<ClusterLimits>, ClusterRequest, Arc<Limit>),
 }
 
 /// One limit as the operator view shows it.

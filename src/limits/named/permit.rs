@@ -5,6 +5,7 @@
 //! give the slot back; a waiting future that is dropped leaves the line the same way.
 
 use super::limit::Limit;
+use crate::limits::cluster::ClusterPermit;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -13,7 +14,16 @@ use tokio::sync::Notify;
 #[must_use = "dropping a permit releases its limit at once"]
 #[derive(Debug)]
 pub struct Permit {
-    slot: Option<(Arc<Limit>, Box<str>)>,
+    slot: Option<Slot>,
+}
+
+/// Where a held slot goes back to.
+#[derive(Debug)]
+enum Slot {
+    /// A limit of this instance, for a key.
+    Local(Arc<Limit>, Box<str>),
+    /// A cluster limit's owner (its permit releases on drop).
+    Cluster(ClusterPermit),
 }
 
 impl Permit {
@@ -25,19 +35,30 @@ impl Permit {
     /// A permit holding a slot of `limit` for `key`.
     pub(super) fn slot(limit: Arc<Limit>, key: &str) -> Permit {
         Permit {
-            slot: Some((limit, Box::from(key))),
+            slot: Some(Slot::Local(limit, Box::from(key))),
+        }
+    }
+
+    /// A permit of a cluster limit.
+    pub(super) fn cluster(permit: ClusterPermit) -> Permit {
+        Permit {
+            slot: permit.holds_slot().then_some(Slot::Cluster(permit)),
         }
     }
 
     /// True when it holds a concurrency slot.
     pub fn holds_slot(&self) -> bool {
-        self.slot.is_some()
+        match &self.slot {
+            Some(Slot::Local(..)) => true,
+            Some(Slot::Cluster(p)) => p.holds_slot(),
+            None => false,
+        }
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if let Some((limit, key)) = self.slot.take() {
+        if let Some(Slot::Local(limit, key)) = self.slot.take() {
             limit.release(&key);
         }
     }
