@@ -36,6 +36,7 @@ pub(super) const ENV_VARS: &[EnvVar] = &[
     var("SLUICE_ADMIN_TOKEN", "admin_token", Parse::Text),
     var("NATS_URL", "nats_url", Parse::Text),
     var("SLUICE_LOG_FORMAT", "log_format", Parse::LogFormat),
+    var("SLUICE_DATA", "quotas.data_dir", Parse::Text),
     var("RATE_LIMIT_DISABLED", "limits.disabled", Parse::Switch),
     var(
         "RATE_LIMIT_AUTOMATIONS",
@@ -103,6 +104,10 @@ impl Settings {
             .and_then(config::Config::try_deserialize)
             .map_err(&file_error)?;
         settings.check_limit_pairs(file_name.as_deref(), &given)?;
+        settings.quotas.validate().map_err(|e| ConfigError::File {
+            file: file_name.unwrap_or_else(|| "settings".to_owned()),
+            message: e.to_string(),
+        })?;
         Ok(settings)
     }
 
