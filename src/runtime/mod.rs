@@ -17,6 +17,7 @@ mod error;
 mod exec;
 mod fetch;
 mod instructions;
+mod quota;
 mod receipts;
 mod redact;
 mod start;
@@ -68,6 +69,8 @@ struct Inner {
     ids: AtomicU64,
     metrics: Arc<Metrics>,
     cancels: Arc<cancel::Cancels>,
+    /// Credit quotas, when the server set them.
+    quotas: OnceLock<quota::QuotaRt>,
 }
 
 impl Runtime {
@@ -131,6 +134,7 @@ impl Runtime {
                 ids: AtomicU64::new(0),
                 metrics,
                 cancels: Arc::default(),
+                quotas: OnceLock::new(),
             }),
         }
     }
@@ -426,6 +430,7 @@ impl Inner {
         }
         total.fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
         self.metrics.throttled(ws, kind.as_str(), waited);
+        self.limits.record_wait(ws, kind, waited);
     }
 
     async fn execute_inner(&self, mut x: Execution) -> Result<Outcome, ExecError> {
@@ -443,10 +448,12 @@ impl Inner {
                 "Reached maximum number of nested calls",
             ));
         }
-        let limits = self.limits.workspace(&x.ws.id);
+        let gate = self.quota_gate(&x)?;
+        let limits = self.slowed_limits(&x.ws.id, gate.slow);
         let throttled = AtomicU64::new(0);
         let waited = limits.acquire(LimitKind::Automations, 1).await;
         self.throttled(&x.ws.id, LimitKind::Automations, waited, &throttled);
+        self.charge_tokens(&x.ws.id, &x.automation.slug, LimitKind::Automations, 1);
         let trigger_payload = started_at.as_ref().map(|_| {
             let secret_args = redact::secret_arguments(x.automation.arguments.as_ref());
             let headers = x
@@ -459,7 +466,19 @@ impl Inner {
         // A local that the body borrows: the execution's state is large, and
         // moving it into a future would copy it on every run.
         let exec = exec::Exec::new(self, &x, limits, locals, throttled);
-        let done = exec.run().await?;
+        let body = match x
+            .automation
+            .quota
+            .as_ref()
+            .and_then(|q| q.fallback.as_ref())
+        {
+            Some(fallback) if gate.fallback => fallback,
+            _ => {
+                quota::charge_cost(&exec, &x)?;
+                &x.automation.body
+            }
+        };
+        let done = exec.run(body).await?;
         let outcome = Outcome {
             output: done.output,
             broke: done.flow != exec::Flow::Continue,
