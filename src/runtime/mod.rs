@@ -146,6 +146,7 @@ impl Runtime {
             Ok(()) => Vec::new(),
             Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
         };
+        problems.extend(self.inner.apply_quota_secrets(&ws.id, &ws.secrets));
         let mut map = self
             .inner
             .workspaces
@@ -184,6 +185,7 @@ impl Runtime {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+        self.inner.remove_quota(id);
         redact::log_secrets(id, None);
     }
 

@@ -50,6 +50,26 @@ impl Runtime {
 }
 
 impl Inner {
+    /// Applies the `sluice_quota_*` secrets of `ws`; on an error its previous quota stays
+    /// and the returned problem (naming the secret, never its value) is for the log.
+    pub(super) fn apply_quota_secrets(
+        &self,
+        ws: &str,
+        secrets: &crate::value::Map,
+    ) -> Option<String> {
+        let q = self.quotas.get()?;
+        let e = q.quotas.apply_secrets(ws, secrets, Utc::now()).err()?;
+        Some(format!("{e}; the workspace keeps its previous quota"))
+    }
+
+    /// Forgets the quota of a removed workspace (its pending charges are still written).
+    pub(super) fn remove_quota(&self, ws: &str) {
+        if let Some(q) = self.quotas.get() {
+            q.quotas.remove(ws);
+            self.metrics.forget_quota(ws);
+        }
+    }
+
     /// Decides whether `x` runs its body, its fallback, or fails with `QuotaExceeded`.
     pub(super) fn quota_gate(&self, x: &Execution) -> Result<Gate, ExecError> {
         let Some(q) = self.quotas.get() else {
