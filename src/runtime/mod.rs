@@ -450,12 +450,10 @@ impl Inner {
                 "Reached maximum number of nested calls",
             ));
         }
-        let gate = self.quota_gate(&x)?;
-        let limits = self.slowed_limits(&x.ws.id, gate.slow);
+        let (gate, limits) = self.quota_gate(&x)?;
         let throttled = AtomicU64::new(0);
         let waited = limits.acquire(LimitKind::Automations, 1).await;
         self.throttled(&x.ws.id, LimitKind::Automations, waited, &throttled);
-        self.charge_tokens(&x.ws.id, &x.automation.slug, LimitKind::Automations, 1);
         let trigger_payload = started_at.as_ref().map(|_| {
             let secret_args = redact::secret_arguments(x.automation.arguments.as_ref());
             let headers = x
@@ -468,19 +466,7 @@ impl Inner {
         // A local that the body borrows: the execution's state is large, and
         // moving it into a future would copy it on every run.
         let exec = exec::Exec::new(self, &x, limits, locals, throttled);
-        let body = match x
-            .automation
-            .quota
-            .as_ref()
-            .and_then(|q| q.fallback.as_ref())
-        {
-            Some(fallback) if gate.fallback => fallback,
-            _ => {
-                quota::charge_cost(&exec, &x)?;
-                &x.automation.body
-            }
-        };
-        let done = exec.run(body).await?;
+        let done = exec.run(quota::body(&exec, &x, &gate)?).await?;
         let outcome = Outcome {
             output: done.output,
             broke: done.flow != exec::Flow::Continue,

@@ -6,7 +6,7 @@
 //! A runtime without quotas (unit tests, `sluice run`) skips all of it with one check.
 
 use super::exec::Exec;
-use super::{ErrorKind, ExecError, Execution, Inner, Runtime};
+use super::{ErrorKind, ExecError, Execution, Inner, Instruction, Runtime};
 use crate::limits::{LimitKind, WorkspaceLimits};
 use crate::quota::settings::Costs;
 use crate::quota::{QuotaClass, Quotas};
@@ -70,8 +70,18 @@ impl Inner {
         }
     }
 
-    /// Decides whether `x` runs its body, its fallback, or fails with `QuotaExceeded`.
-    pub(super) fn quota_gate(&self, x: &Execution) -> Result<Gate, ExecError> {
+    /// Decides whether `x` runs its body, its fallback, or fails with `QuotaExceeded`, and
+    /// gives the workspace's limits at its band's `slow`. A passing execution is charged the
+    /// price of its `automations` token (charged before the token is taken: same total).
+    pub(super) fn quota_gate(&self, x: &Execution) -> Result<(Gate, WorkspaceLimits), ExecError> {
+        let gate = self.decide(x)?;
+        self.charge_tokens(&x.ws.id, &x.automation.slug, LimitKind::Automations, 1);
+        let limits = self.slowed_limits(&x.ws.id, gate.slow);
+        Ok((gate, limits))
+    }
+
+    /// The gate of `x` as the workspace's band has it now.
+    fn decide(&self, x: &Execution) -> Result<Gate, ExecError> {
         let Some(q) = self.quotas.get() else {
             return Ok(OPEN);
         };
@@ -110,7 +120,7 @@ impl Inner {
     }
 
     /// The limits of `ws` at the band's `slow`, rebuilt when the band changed it.
-    pub(super) fn slowed_limits(&self, ws: &str, slow: f64) -> WorkspaceLimits {
+    fn slowed_limits(&self, ws: &str, slow: f64) -> WorkspaceLimits {
         let limits = self.limits.workspace(ws);
         if limits.slow() == slow {
             return limits;
@@ -143,13 +153,23 @@ impl Inner {
     }
 }
 
-/// Charges the automation's `quota.cost`, evaluated against its arguments now.
-pub(super) fn charge_cost(exec: &Exec<'_>, x: &Execution) -> Result<(), ExecError> {
-    let Some(cost) = x.automation.quota.as_ref().and_then(|q| q.cost.as_ref()) else {
-        return Ok(());
-    };
-    let credits = credits_of(&cost.eval(exec)?, "quota.cost")?;
-    exec.charge(credits)
+/// What the execution runs: its `quota.fallback` when the gate says so, else `do`, after
+/// charging the automation's `quota.cost` (evaluated against its arguments now).
+pub(super) fn body<'x>(
+    exec: &Exec<'_>,
+    x: &'x Execution,
+    gate: &Gate,
+) -> Result<&'x [Instruction], ExecError> {
+    let quota = x.automation.quota.as_ref();
+    if let Some(fallback) = quota.and_then(|q| q.fallback.as_deref()) {
+        if gate.fallback {
+            return Ok(fallback);
+        }
+    }
+    if let Some(cost) = quota.and_then(|q| q.cost.as_ref()) {
+        exec.charge(credits_of(&cost.eval(exec)?, "quota.cost")?)?;
+    }
+    Ok(&x.automation.body)
 }
 
 /// A rendered amount of credits: a finite number from 0, or text holding one.
