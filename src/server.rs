@@ -213,6 +213,10 @@ impl Server {
             ));
         }
         library.rescan().await;
+        if let Some(quotas) = runtime.quotas() {
+            // Reads the usage kept so far before any work: a restart restricts at once.
+            let _ = quotas.flush(Utc::now()).await;
+        }
         // Only now can an event find its listeners.
         runtime.start_bus();
         Ok(Server {

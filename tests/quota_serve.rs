@@ -330,3 +330,46 @@ fn two_instances_on_nats_share_usage_and_announce_a_band_once() {
         announced(&alerts)
     );
 }
+
+/// `sluice run … --data DIR --report` on the workspace of `root`: its report.
+fn run(root: &Path, slug: &str, body: Value) -> Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", slug, "--report", "--workspace"])
+        .arg(root.join("automations").join(WS))
+        .arg("--secrets")
+        .arg(root.join("secrets").join(format!("{WS}.yml")))
+        .arg("--data")
+        .arg(root.join("data"))
+        .arg("--payload")
+        .arg(json!({ "body": body }).to_string())
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn sluice_run_with_a_data_dir_keeps_usage_between_runs() {
+    let root = tempfile::tempdir().unwrap();
+    workspace(root.path(), "http://127.0.0.1:9/unused", 10);
+    assert_eq!(
+        run(root.path(), "plain", json!({"cost": 4}))["output"],
+        "ran"
+    );
+    assert_eq!(
+        run(root.path(), "plain", json!({"cost": 5}))["output"],
+        "ran"
+    );
+    // 9 of 10 credits: the next run's charge takes it to 100 %, so it is announced.
+    let third = run(root.path(), "premium", json!({"cost": 1, "extra": 0}));
+    assert_eq!(third["output"], "full");
+    let events: Vec<&str> = third["emitted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert!(events.contains(&"runtime.quota.band"), "{third}");
+    let fourth = run(root.path(), "premium", json!({"cost": 1, "extra": 0}));
+    assert_eq!(fourth["output"], "cheap");
+}
