@@ -373,3 +373,37 @@ fn sluice_run_with_a_data_dir_keeps_usage_between_runs() {
     let fourth = run(root.path(), "premium", json!({"cost": 1, "extra": 0}));
     assert_eq!(fourth["output"], "cheap");
 }
+
+#[test]
+fn quota_secrets_apply_on_change_and_a_bad_one_keeps_the_quota() {
+    let root = tempfile::tempdir().unwrap();
+    workspace(root.path(), "http://127.0.0.1:9/unused", 10);
+    let s = serve(root.path(), "");
+    let total = |base: &str| usage(base)["credits"]["total"].clone();
+    assert_eq!(total(&s.base), json!(10.0));
+
+    // The secrets API refuses a bad quota secret and writes nothing.
+    let r = reqwest::blocking::Client::new()
+        .patch(format!("{}/v2/workspaces/{WS}/secrets", s.base))
+        .bearer_auth(TOKEN)
+        .json(&json!({"sluice_quota_timezone": "Mars/Base"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let text = r.text().unwrap();
+    assert!(text.contains("sluice_quota_timezone"), "{text}");
+
+    // A bad value written to the file is logged, naming the secret, and changes nothing.
+    secrets(root.path(), WS, "sluice_quota_credits: lots-of-credits\n");
+    let logged = within(Duration::from_secs(5), || {
+        s.logs.lock().unwrap().contains("previous quota kept")
+    });
+    assert!(logged.is_some(), "{}", s.logs.lock().unwrap());
+    let logs = s.logs.lock().unwrap().clone();
+    assert!(logs.contains("secret sluice_quota_credits") && !logs.contains("lots-of-credits"));
+    assert_eq!(total(&s.base), json!(10.0));
+
+    // A good one applies without restart.
+    secrets(root.path(), WS, "sluice_quota_credits: 20\n");
+    assert!(within(Duration::from_secs(5), || total(&s.base) == json!(20.0)).is_some());
+}

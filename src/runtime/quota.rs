@@ -59,7 +59,7 @@ impl Inner {
     ) -> Option<String> {
         let q = self.quotas.get()?;
         let e = q.quotas.apply_secrets(ws, secrets, Utc::now()).err()?;
-        Some(format!("{e}; the workspace keeps its previous quota"))
+        Some(format!("{e}; previous quota kept"))
     }
 
     /// Forgets the quota of a removed workspace (its pending charges are still written).
