@@ -275,8 +275,9 @@ fn usage_survives_kill_9() {
     for cost in [7, 8, 9] {
         assert_eq!(call(&s.base, "plain", json!({ "cost": cost })).0, 200);
     }
-    // The flusher writes every 250 ms; a crash loses at most the last second.
-    std::thread::sleep(Duration::from_millis(1200));
+    // The flusher writes every 250 ms; a crash loses at most the last second (2 s here:
+    // margin for a loaded machine's slow disk).
+    std::thread::sleep(Duration::from_secs(2));
     s.child.kill().unwrap();
     s.child.wait().unwrap();
     drop(s);
@@ -302,7 +303,7 @@ fn two_instances_on_nats_share_usage_and_announce_a_band_once() {
     call(&a.base, "plain", json!({"cost": 30}));
     call(&b.base, "plain", json!({"cost": 40}));
     let total = |base: &str| usage(base)["used"].as_f64().unwrap();
-    assert!(within(Duration::from_secs(1), || total(&a.base) == 70.0
+    assert!(within(Duration::from_secs(5), || total(&a.base) == 70.0
         && total(&b.base) == 70.0)
     .is_some());
 
