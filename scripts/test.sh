@@ -15,6 +15,15 @@ if ! NATS_SERVER_BIN=$(scripts/nats-test-server.sh install); then
   exit 2
 fi
 export NATS_SERVER_BIN
+# tests/quota_ui.rs loads the operator page in a real headless Chromium (Debian's package).
+if ! command -v chromium >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+  else
+    echo "chromium is required by tests/quota_ui.rs: install Debian's chromium package (apt-get install chromium)" >&2
+    exit 2
+  fi
+fi
 # tests/slow_clients.rs opens thousands of connections: use the whole fd allowance.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # --no-fail-fast: one failing file must not hide the results of the others.

@@ -34,6 +34,10 @@ pub struct RunArgs {
     /// A settings file (YAML); environment variables win over it.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Keep credit usage in this folder (as `quotas.data_dir`), so the workspace's quota
+    /// charges and restricts as with `serve`; without it, `run` applies no quota.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
 }
 
 /// Arguments of `sluice serve`.
@@ -163,12 +167,27 @@ async fn run_async(
     payload: Map,
 ) -> u8 {
     let bus = Arc::new(EmbeddedBus::with_settings(&settings.runtime));
+    let quota_settings = settings.quotas.clone();
     let runtime = match Runtime::new(settings, bus) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("sluice: {e}");
             return 2;
         }
+    };
+    let quotas = match &args.data {
+        None => None,
+        Some(dir) => match crate::quota::RedbStore::open(dir) {
+            Ok(store) => {
+                let quotas = crate::quota::Quotas::new(quota_settings, Arc::new(store));
+                runtime.set_quotas(quotas.clone());
+                Some((quotas.subscribe(), quotas))
+            }
+            Err(e) => {
+                eprintln!("sluice: --data: {e}");
+                return 2;
+            }
+        },
     };
     let id = ws.id.clone();
     if let Err(e) = ws.require(&args.slug) {
@@ -178,6 +197,12 @@ async fn run_async(
     for problem in runtime.install(ws) {
         eprintln!("sluice: {problem}");
     }
+    if let Some((_, quotas)) = &quotas {
+        // Reads the usage kept so far, so this run is restricted as the last one left it.
+        if let Err(e) = quotas.flush(chrono::Utc::now()).await {
+            eprintln!("sluice: {e}");
+        }
+    }
     runtime.record_emits();
     let progress = tokio::spawn(show_throttling(runtime.limiters().clone(), id.clone()));
     let result = runtime
@@ -185,6 +210,23 @@ async fn run_async(
         .await;
     // Listeners of the emitted events run too before the command ends.
     runtime.bus().settled().await;
+    if let Some((mut bands, quotas)) = quotas {
+        if let Err(e) = quotas.flush(chrono::Utc::now()).await {
+            eprintln!("sluice: {e}");
+        }
+        while let Ok(band) = bands.try_recv() {
+            let payload = serde_json::to_value(&band)
+                .map(Value::from)
+                .unwrap_or(Value::Null);
+            if let Err(e) = runtime
+                .emit_external(&id, "runtime.quota.band", payload)
+                .await
+            {
+                eprintln!("sluice: {e}");
+            }
+        }
+        runtime.bus().settled().await;
+    }
     progress.abort();
     let emitted: Vec<serde_json::Value> = runtime
         .take_recorded()

@@ -47,6 +47,9 @@ pub struct Settings {
     /// The NATS event bus, used when `nats_url` is set.
     #[serde(default)]
     pub nats: NatsSettings,
+    /// Credit quotas per workspace (SPEC section 8); `data_dir` is `SLUICE_DATA`.
+    #[serde(default)]
+    pub quotas: crate::quota::QuotaSettings,
 }
 
 /// Interpreter limits.
@@ -236,6 +239,7 @@ impl Default for Settings {
             limits: LimitSettings::default(),
             budgets: Budgets::default(),
             nats: NatsSettings::default(),
+            quotas: crate::quota::QuotaSettings::default(),
         }
     }
 }
@@ -259,6 +263,7 @@ impl fmt::Debug for Settings {
             .field("limits", &self.limits)
             .field("budgets", &self.budgets)
             .field("nats", &self.nats)
+            .field("quotas", &self.quotas)
             .finish()
     }
 }

@@ -28,6 +28,10 @@ struct Families {
     durations: BTreeMap<String, Histogram>,
     throttled: BTreeMap<(String, &'static str), (f64, u64)>,
     budgets: BTreeMap<(String, &'static str), u64>,
+    /// Credits used in the current cycle and the band number (0: below every band).
+    quotas: BTreeMap<String, (f64, usize)>,
+    restricted: BTreeMap<(String, String), u64>,
+    fallbacks: BTreeMap<(String, String), u64>,
 }
 
 /// The process's metrics.
@@ -88,6 +92,32 @@ impl Metrics {
                 .entry((workspace.to_string(), budget))
                 .or_default() += 1
         });
+    }
+
+    /// Counts an execution its workspace's credit band restricted; `fallback` when it ran
+    /// its `quota.fallback` instead of failing.
+    pub fn quota_restricted(&self, workspace: &str, slug: &str, fallback: bool) {
+        self.with(|f| {
+            let key = (workspace.to_string(), slug.to_string());
+            if fallback {
+                *f.fallbacks.entry(key.clone()).or_default() += 1;
+            }
+            *f.restricted.entry(key).or_default() += 1;
+        });
+    }
+
+    /// Sets a workspace's credits used in the current cycle and its band (`None`: below
+    /// every band).
+    pub fn set_quota(&self, workspace: &str, used: f64, band: Option<usize>) {
+        self.with(|f| {
+            f.quotas
+                .insert(workspace.to_string(), (used, band.unwrap_or(0)));
+        });
+    }
+
+    /// Forgets a removed workspace's quota figures.
+    pub fn forget_quota(&self, workspace: &str) {
+        self.with(|f| f.quotas.remove(workspace));
     }
 
     /// Sets how many events wait for their listeners on this instance.
@@ -162,6 +192,7 @@ impl Metrics {
                     escape(ws)
                 );
             }
+            render_quotas(&mut out, f);
         });
         let _ = writeln!(
             out,
@@ -177,6 +208,48 @@ impl Metrics {
     }
 }
 
+/// The credit-quota families.
+fn render_quotas(out: &mut String, f: &Families) {
+    out.push_str("# HELP sluice_quota_credits_used_total Credits used in the current cycle (reset when a cycle starts).\n# TYPE sluice_quota_credits_used_total counter\n");
+    for (ws, (used, _)) in &f.quotas {
+        let _ = writeln!(
+            out,
+            "sluice_quota_credits_used_total{{workspace=\"{}\"}} {used}",
+            escape(ws)
+        );
+    }
+    out.push_str("# HELP sluice_quota_band The workspace's credit band (0: below every band).\n# TYPE sluice_quota_band gauge\n");
+    for (ws, (_, band)) in &f.quotas {
+        let _ = writeln!(
+            out,
+            "sluice_quota_band{{workspace=\"{}\"}} {band}",
+            escape(ws)
+        );
+    }
+    for (name, help, family) in [
+        (
+            "sluice_quota_restricted_total",
+            "Executions whose class their credit band restricted.",
+            &f.restricted,
+        ),
+        (
+            "sluice_quota_fallbacks_total",
+            "Restricted executions that ran their quota.fallback.",
+            &f.fallbacks,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for ((ws, slug), n) in family {
+            let _ = writeln!(
+                out,
+                "{name}{{workspace=\"{}\",slug=\"{}\"}} {n}",
+                escape(ws),
+                escape(slug)
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,7 +261,14 @@ mod tests {
         m.execution("ws", "hello", Duration::from_millis(30), true);
         m.throttled("ws", "emits", Duration::from_millis(250));
         m.budget_exceeded("ws", "max_depth");
+        m.quota_restricted("ws", "premium", true);
+        m.quota_restricted("ws", "premium", false);
+        m.set_quota("ws", 12.5, Some(2));
         let text = m.render();
+        assert!(text.contains("sluice_quota_credits_used_total{workspace=\"ws\"} 12.5"));
+        assert!(text.contains("sluice_quota_band{workspace=\"ws\"} 2"));
+        assert!(text.contains("sluice_quota_restricted_total{workspace=\"ws\",slug=\"premium\"} 2"));
+        assert!(text.contains("sluice_quota_fallbacks_total{workspace=\"ws\",slug=\"premium\"} 1"));
         assert!(text.contains("sluice_executions_total{workspace=\"ws\",slug=\"hello\"} 2"));
         assert!(text.contains("sluice_execution_errors_total{workspace=\"ws\",slug=\"hello\"} 1"));
         assert!(text

@@ -24,10 +24,16 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
 
+mod usage;
+
 /// How often workspace folders and secrets files are checked for edits.
 const WATCH_EVERY: Duration = Duration::from_millis(500);
 /// How often idle workspaces' full buckets are dropped.
 const RETAIN_EVERY: Duration = Duration::from_secs(60);
+/// How often charges are written to the usage store (and, with NATS, read back).
+const QUOTA_FLUSH_EVERY: Duration = Duration::from_millis(250);
+/// How often idle workspaces' band `slow` and the quota metrics are brought up to date.
+const QUOTA_SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// The runtime serves what the library loads.
 impl Installer for Runtime {
@@ -135,6 +141,9 @@ pub enum ServeError {
     /// A cluster-limit setting is out of range.
     #[error("{0}")]
     ClusterLimits(crate::limits::cluster::ClusterError),
+    /// The credit usage store cannot be opened.
+    #[error("quotas: {0}")]
+    Quotas(crate::quota::StoreError),
     /// The listen address cannot be bound.
     #[error("cannot listen on {address} (SLUICE_LISTEN or --listen): {source}")]
     Listen {
@@ -230,6 +239,8 @@ impl Server {
         };
         let runtime = Runtime::with_metrics(settings.clone(), bus.clone(), metrics)
             .map_err(ServeError::Runtime)?;
+        // Before any workspace is installed: installing applies its quota secrets.
+        runtime.set_quotas(usage::open(&settings).await?);
         let library = Arc::new(Library::new(runtime.clone(), &settings));
         if !settings.workspaces.is_dir() {
             return Err(ServeError::NoWorkspaces(
@@ -237,6 +248,10 @@ impl Server {
             ));
         }
         library.rescan().await;
+        if let Some(quotas) = runtime.quotas() {
+            // Reads the usage kept so far before any work: a restart restricts at once.
+            let _ = quotas.flush(Utc::now()).await;
+        }
         // Only now can an event find its listeners.
         runtime.start_bus();
         Ok(Server {
@@ -287,7 +302,24 @@ impl Server {
             retain_runtime.limiters().retain_recent();
             std::future::ready(())
         }));
-        background.spawn(run_schedules(runtime.clone(), stop_rx, grace));
+        background.spawn(run_schedules(runtime.clone(), stop_rx.clone(), grace));
+        let bands = runtime.quotas().map(|quotas| {
+            let mut stop = stop_rx.clone();
+            let flusher = quotas.clone();
+            background.spawn(async move {
+                flusher
+                    .run_flusher(QUOTA_FLUSH_EVERY, async move {
+                        let _ = stop.changed().await;
+                    })
+                    .await
+            });
+            let sync = runtime.clone();
+            background.spawn(every(QUOTA_SYNC_EVERY, stop_rx.clone(), move || {
+                let runtime = sync.clone();
+                async move { usage::sync(&runtime).await }
+            }));
+            usage::forward_bands(runtime.clone(), quotas.subscribe())
+        });
         background.close();
 
         let state = AppState {
@@ -314,6 +346,10 @@ impl Server {
         http_shutdown.finish(grace).await;
         let _ = stop_tx.send(true);
         background.wait().await;
+        // The flusher's last flush may have announced bands: publish them before the bus stops.
+        if let Some(bands) = bands {
+            bands.finish().await;
+        }
         if let Some(cluster) = &cluster_limits {
             // Hands the limits this instance owns to another one at once.
             cluster.shutdown().await;

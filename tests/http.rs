@@ -53,6 +53,7 @@ async fn server(admin_token: Option<&str>) -> Server {
     let mut settings = Settings::load_from(None, &|_| None).unwrap();
     settings.workspaces = dir.path().join("automations");
     settings.secrets = dir.path().join("secrets");
+    settings.quotas.data_dir = dir.path().join("data");
     settings.admin_token = admin_token.map(str::to_string);
     settings.http.max_body = 1024;
     let server = sluice::server::Server::start(settings).await.unwrap();

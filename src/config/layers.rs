@@ -36,6 +36,7 @@ pub(super) const ENV_VARS: &[EnvVar] = &[
     var("SLUICE_ADMIN_TOKEN", "admin_token", Parse::Text),
     var("NATS_URL", "nats_url", Parse::Text),
     var("SLUICE_LOG_FORMAT", "log_format", Parse::LogFormat),
+    var("SLUICE_DATA", "quotas.data_dir", Parse::Text),
     var("RATE_LIMIT_DISABLED", "limits.disabled", Parse::Switch),
     var(
         "RATE_LIMIT_AUTOMATIONS",
@@ -109,6 +110,10 @@ impl Settings {
                 message: e.to_string(),
             });
         }
+        settings.quotas.validate().map_err(|e| ConfigError::File {
+            file: file_name.unwrap_or_else(|| "settings".to_owned()),
+            message: e.to_string(),
+        })?;
         Ok(settings)
     }
 

@@ -154,6 +154,7 @@ fn every_environment_variable_is_mapped() {
         ("SLUICE_ADMIN_TOKEN", "tok"),
         ("NATS_URL", "nats://127.0.0.1:4222"),
         ("SLUICE_LOG_FORMAT", "JSON"),
+        ("SLUICE_DATA", "/d"),
         ("RATE_LIMIT_DISABLED", "true"),
         ("RATE_LIMIT_AUTOMATIONS", "1"),
         ("RATE_LIMIT_AUTOMATIONS_BURST", "2"),
@@ -171,6 +172,7 @@ fn every_environment_variable_is_mapped() {
     assert_eq!(s.admin_token.as_deref(), Some("tok"));
     assert_eq!(s.nats_url.as_deref(), Some("nats://127.0.0.1:4222"));
     assert_eq!(s.log_format, "json");
+    assert_eq!(s.quotas.data_dir, PathBuf::from("/d"));
     assert!(s.limits.disabled);
     assert_eq!(
         s.limits.automations,
@@ -405,4 +407,39 @@ fn cluster_limit_settings_are_read_under_limits_and_checked() {
         ),
         "{message}"
     );
+}
+
+#[test]
+fn bad_quota_settings_give_one_line_naming_the_key() {
+    for (text, expected) in [
+        (
+            "quotas: {default_plan: gold}\n",
+            "quotas.default_plan: unknown plan `gold`",
+        ),
+        ("quotas: {cycle: {day: 32}}\n", "quotas.cycle.day: 32"),
+        ("quotas: {cycle: {day: 0}}\n", "quotas.cycle.day: 0"),
+        (
+            "quotas: {cycle: {timezone: Mars/Olympus}}\n",
+            "quotas.cycle.timezone: `Mars/Olympus`",
+        ),
+        ("quotas: {costs: {emits: -1}}\n", "quotas.costs.emits: -1"),
+        (
+            "quotas: {plans: {p: {credits: -5}}}\n",
+            "quotas.plans.p.credits: -5",
+        ),
+    ] {
+        let file = yaml(text);
+        let e = Settings::load_from(Some(file.path()), &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(expected), "{text}: {e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+}
+
+#[test]
+fn quota_plans_come_from_the_file() {
+    let file = yaml("quotas: {plans: {pro: {credits: 500}}, default_plan: pro}\n");
+    let s = Settings::load_from(Some(file.path()), &no_env).unwrap();
+    assert_eq!(s.quotas.default_policy().plan.as_deref(), Some("pro"));
 }

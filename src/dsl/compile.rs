@@ -1,5 +1,7 @@
 //! Turns one automation file's YAML into an [`Automation`].
 
+mod quota;
+
 use super::{Automation, Compile, Diagnostic, Locator, Node, Span, When};
 use crate::expr::Template;
 use crate::value::{Map, Value};
@@ -64,6 +66,11 @@ pub fn parse_automation<I: Compile>(file: &Path, text: &str) -> Result<Compiled<
         )));
     }
     let when = c.when(map.get("when"));
+    // Before `do`, where it is usually written: the locator searches forward.
+    let quota = match map.get("quota") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(c.quota(v)?),
+    };
     let body = match map.get("do") {
         None | Some(Value::Null) => Vec::new(),
         Some(v) => c.block(v, "do"),
@@ -82,6 +89,7 @@ pub fn parse_automation<I: Compile>(file: &Path, text: &str) -> Result<Compiled<
             .is_some_and(|v| matches!(v, Value::Bool(true))),
         body,
         output,
+        quota,
     };
     Ok(Compiled {
         automation,

@@ -117,6 +117,19 @@ pub struct Automation<I> {
     pub body: Vec<I>,
     /// The `output` value; `{}` when absent.
     pub output: Option<Node>,
+    /// `quota:` (SPEC section 8); `None` is free and of class `standard`.
+    pub quota: Option<Quota<I>>,
+}
+
+/// An automation's `quota:`: what it costs and how essential it is.
+#[derive(Debug)]
+pub struct Quota<I> {
+    /// Credits charged when it starts (a number or a template); `None` is free.
+    pub cost: Option<Node>,
+    /// How essential it is; the bands restrict classes.
+    pub class: crate::quota::QuotaClass,
+    /// What runs instead of `do` while the class is restricted.
+    pub fallback: Option<Vec<I>>,
 }
 
 impl<I: Compile> Automation<I> {
@@ -124,7 +137,8 @@ impl<I: Compile> Automation<I> {
     /// (for `validate`'s unknown-slug check).
     pub fn calls(&self) -> Vec<(&str, &Span)> {
         let mut out = Vec::new();
-        for i in &self.body {
+        let fallback = self.quota.iter().filter_map(|q| q.fallback.as_deref());
+        for i in self.body.iter().chain(fallback.flatten()) {
             i.calls(&mut out);
         }
         out

@@ -14,7 +14,7 @@ pub use listen::{serve, Shutdown};
 
 use crate::bus::{check_event_type, Watch};
 use crate::config::Settings;
-use crate::runtime::{Redactor, Runtime, Start, Trigger, TriggerKind};
+use crate::runtime::{ErrorKind, Redactor, Runtime, Start, Trigger, TriggerKind};
 use crate::value::{Map, Value};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -45,10 +45,18 @@ pub struct AppState {
     pub shutdown: Shutdown,
 }
 
-/// The router with every route of SPEC §3.
+/// The router with every route of SPEC §3, and the usage routes of §8 when the runtime
+/// has quotas.
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings.http.max_body;
-    Router::new()
+    let usage = state.runtime.quotas().cloned().map(|quotas| {
+        usage::routes(usage::UsageState {
+            quotas,
+            admin_token: state.settings.admin_token.as_deref().map(Arc::from),
+            host: Arc::new(usage::RuntimeHost(state.runtime.clone())),
+        })
+    });
+    let router = Router::new()
         .route(
             "/v2/workspaces/{ws}/webhooks/{slug}",
             get(webhook).post(webhook),
@@ -63,7 +71,11 @@ pub fn router(state: AppState) -> Router {
         .route("/sys/healthcheck", get(health))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(max_body))
-        .with_state(state)
+        .with_state(state);
+    match usage {
+        Some(usage) => router.merge(usage.layer(DefaultBodyLimit::max(max_body))),
+        None => router,
+    }
 }
 
 /// An error answer: its status and a message for the caller.
@@ -263,10 +275,26 @@ async fn webhook(
         Some(Err(e)) => {
             let message = latest.redactor.text(&e.to_string()).into_owned();
             let message = without_paths(&message, &state.settings.workspaces);
-            error(StatusCode::INTERNAL_SERVER_ERROR, message)
+            match e.retry_after {
+                Some(after) if e.kind == ErrorKind::QuotaExceeded => {
+                    too_many(e.kind.name(), message, after)
+                }
+                _ => error(StatusCode::INTERNAL_SERVER_ERROR, message),
+            }
         }
         None => error(StatusCode::NOT_FOUND, format!("no endpoint `{name}`")),
     }
+}
+
+/// A 429 naming the error's `code`, with `Retry-After` in whole seconds, rounded up.
+fn too_many(code: &str, message: String, after: std::time::Duration) -> Response {
+    let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, secs.max(1).to_string())],
+        Json(serde_json::json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
 }
 
 /// `message` without the server's folders: a caller may see a file's name in the

@@ -126,6 +126,10 @@ async fn update(
         let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         return error(StatusCode::BAD_REQUEST, text.join("; "));
     }
+    // And the quota secrets (an unknown plan, a bad zone or day): refused the same way.
+    if let Err(e) = state.settings.quotas.policy(&ws, &next) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
     let yaml = match serde_yaml::to_string(&Value::object(next.clone()).to_json()) {
         Ok(y) => y,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

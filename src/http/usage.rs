@@ -49,6 +49,35 @@ pub trait UsageHost: Send + Sync {
     fn now(&self) -> DateTime<Utc>;
 }
 
+/// The server as the usage routes see it.
+pub struct RuntimeHost(pub crate::runtime::Runtime);
+
+impl UsageHost for RuntimeHost {
+    fn exists(&self, ws: &str) -> bool {
+        self.0.workspace(ws).is_some()
+    }
+
+    fn activity(&self, ws: &str) -> LimitsActivity {
+        let limiters = self.0.limiters();
+        // The band as of now, so a page shows `slow` lifted at once after credits are added.
+        if let Some(quotas) = self.0.quotas() {
+            let decision = quotas.decision(ws, crate::quota::QuotaClass::Essential, Utc::now());
+            limiters.set_slow(ws, decision.slow);
+        }
+        let limits = limiters.workspace(ws);
+        crate::limits::LimitKind::ALL.map(|kind| LimitActivity {
+            rate: limits
+                .quota(kind)
+                .map(|q| 1.0 / q.replenish_interval().as_secs_f64()),
+            throttled: limiters.recent_waits(ws, kind).as_secs_f64(),
+        })
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
 /// What the usage routes share.
 #[derive(Clone)]
 pub struct UsageState {

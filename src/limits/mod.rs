@@ -15,11 +15,13 @@ pub mod budgets;
 pub mod clock;
 pub mod cluster;
 pub mod named;
+mod recent;
 mod secrets;
 pub mod values;
 
 pub use budgets::{BudgetError, BudgetExceeded, Budgets};
 pub use clock::{FakeClock, TimeSource};
+pub use recent::WINDOW as RECENT_WAITS;
 pub use secrets::LimitError;
 pub(crate) use secrets::PREFIX as RATE_LIMIT_SECRET_PREFIX;
 pub use values::{LimitSettings, RateSetting};
@@ -31,6 +33,7 @@ use dashmap::DashMap;
 use governor::clock::Clock;
 use governor::Quota;
 use indexmap::IndexMap;
+use recent::RecentWaits;
 use secrets::Overrides;
 use std::fmt;
 use std::num::NonZeroU32;
@@ -98,6 +101,8 @@ struct Registry {
     workspaces: DashMap<Arc<str>, Arc<WorkspaceState>>,
     /// What waiting has cost so far, for progress displays.
     log: Arc<ThrottleLog>,
+    /// Each workspace's waits of the last five minutes (written only by waits).
+    recent: DashMap<Arc<str>, Arc<RecentWaits>>,
 }
 
 /// What the waits on each kind of limit have cost so far in this process. Written only by
@@ -151,6 +156,10 @@ struct WorkspaceState {
     time: TimeSource,
     /// `None` where that kind is not limited.
     buckets: [Option<Arc<Bucket>>; 4],
+    /// The quotas before `slow`: what secrets and settings give.
+    base: [Option<Quota>; 4],
+    /// The factor on every rate set by a credit-quota band (1 is full speed).
+    slow: f64,
     /// Set when secrets override a limit: such state must outlive idleness.
     overridden: bool,
 }
@@ -187,6 +196,7 @@ impl Limiters {
             default_quotas,
             workspaces: DashMap::new(),
             log: Arc::default(),
+            recent: DashMap::new(),
         }))
     }
 
@@ -206,7 +216,9 @@ impl Limiters {
             .0
             .workspaces
             .entry(Arc::clone(&name))
-            .or_insert_with(|| Arc::new(self.0.state(name, self.0.default_quotas, false, None)))
+            .or_insert_with(|| {
+                Arc::new(self.0.state(name, self.0.default_quotas, false, 1.0, None))
+            })
             .value()
             .clone();
         WorkspaceLimits(state)
@@ -227,12 +239,12 @@ impl Limiters {
         match self.0.workspaces.entry(Arc::from(ws)) {
             Entry::Occupied(mut entry) => {
                 let old = entry.get();
-                if old.overridden == overridden && old.quotas() == quotas {
+                if old.overridden == overridden && old.base == quotas {
                     return Ok(());
                 }
-                log_changes(ws, old.quotas(), quotas);
+                log_changes(ws, old.base, quotas);
                 let name = Arc::clone(&old.name);
-                let new = self.0.state(name, quotas, overridden, Some(old));
+                let new = self.0.state(name, quotas, overridden, old.slow, Some(old));
                 entry.insert(Arc::new(new));
             }
             Entry::Vacant(entry) => {
@@ -240,11 +252,72 @@ impl Limiters {
                 if overridden {
                     log_changes(ws, self.0.default_quotas, quotas);
                     let name = Arc::clone(entry.key());
-                    entry.insert(Arc::new(self.0.state(name, quotas, true, None)));
+                    entry.insert(Arc::new(self.0.state(name, quotas, true, 1.0, None)));
                 }
             }
         }
         Ok(())
+    }
+
+    /// Multiplies the four rates of `ws` by `slow` (a credit-quota band's factor; 1 restores
+    /// them). A rate that changes gets a new, full bucket, as with secrets.
+    pub fn set_slow(&self, ws: &str, slow: f64) {
+        let slow = if slow > 0.0 && slow <= 1.0 { slow } else { 1.0 };
+        match self.0.workspaces.entry(Arc::from(ws)) {
+            Entry::Occupied(mut entry) => {
+                let old = entry.get();
+                if old.slow == slow {
+                    return;
+                }
+                tracing::info!(
+                    workspace = ws,
+                    from = old.slow,
+                    to = slow,
+                    "built-in rates scaled by the credit quota"
+                );
+                let new = self.0.state(
+                    Arc::clone(&old.name),
+                    old.base,
+                    old.overridden,
+                    slow,
+                    Some(old),
+                );
+                entry.insert(Arc::new(new));
+            }
+            Entry::Vacant(entry) => {
+                if slow < 1.0 {
+                    tracing::info!(
+                        workspace = ws,
+                        to = slow,
+                        "built-in rates scaled by the credit quota"
+                    );
+                    let name = Arc::clone(entry.key());
+                    let state = self.0.state(name, self.0.default_quotas, false, slow, None);
+                    entry.insert(Arc::new(state));
+                }
+            }
+        }
+    }
+
+    /// Counts a wait of `waited` on `kind` in `ws`'s recent waits (the operator page's
+    /// "throttled over the last 5 minutes"). Called only after a wait.
+    pub fn record_wait(&self, ws: &str, kind: LimitKind, waited: Duration) {
+        let now = self.0.time.now().as_u64();
+        if let Some(recent) = self.0.recent.get(ws) {
+            recent.add(kind, waited, now);
+            return;
+        }
+        let recent = Arc::clone(self.0.recent.entry(Arc::from(ws)).or_default().value());
+        recent.add(kind, waited, now);
+    }
+
+    /// How long `ws` waited on `kind` over the last five minutes ([`RECENT_WAITS`]).
+    pub fn recent_waits(&self, ws: &str, kind: LimitKind) -> Duration {
+        let now = self.0.time.now().as_u64();
+        self.0
+            .recent
+            .get(ws)
+            .map_or(Duration::ZERO, |r| r.sum(kind, now))
     }
 
     /// Forgets workspaces that nothing holds, that have no overrides, and whose buckets are
@@ -255,8 +328,12 @@ impl Limiters {
         let before = self.0.workspaces.len();
         self.0.workspaces.retain(|_, state| {
             // The map's shard is locked here, so no new handle can appear meanwhile.
-            state.overridden || Arc::strong_count(state) > 1 || !state.is_idle(now)
+            state.overridden
+                || state.slow != 1.0
+                || Arc::strong_count(state) > 1
+                || !state.is_idle(now)
         });
+        self.0.recent.retain(|_, r| !r.is_stale(now.as_u64()));
         let dropped = before.saturating_sub(self.0.workspaces.len());
         if dropped > 0 {
             self.0.workspaces.shrink_to_fit();
@@ -297,10 +374,12 @@ impl Registry {
     fn state(
         &self,
         name: Arc<str>,
-        quotas: [Option<Quota>; 4],
+        base: [Option<Quota>; 4],
         overridden: bool,
+        slow: f64,
         previous: Option<&WorkspaceState>,
     ) -> WorkspaceState {
+        let quotas = base.map(|q| q.map(|q| scaled(q, slow)));
         let buckets = LimitKind::ALL.map(|kind| {
             let quota = quotas[kind.index()]?;
             let kept = previous
@@ -316,6 +395,8 @@ impl Registry {
             log: Arc::clone(&self.log),
             time: self.time.clone(),
             buckets,
+            base,
+            slow,
             overridden,
         }
     }
@@ -357,13 +438,18 @@ impl Registry {
     }
 }
 
-impl WorkspaceState {
-    fn quotas(&self) -> [Option<Quota>; 4] {
-        self.buckets
-            .each_ref()
-            .map(|b| b.as_ref().map(|b| b.quota()))
+/// `quota` with its rate multiplied by `slow` and the same burst.
+fn scaled(quota: Quota, slow: f64) -> Quota {
+    if slow == 1.0 {
+        return quota;
     }
+    Duration::try_from_secs_f64(quota.replenish_interval().as_secs_f64() / slow)
+        .ok()
+        .and_then(Quota::with_period)
+        .map_or(quota, |q| q.allow_burst(quota.burst_size()))
+}
 
+impl WorkspaceState {
     fn is_idle(&self, now: governor::nanos::Nanos) -> bool {
         self.buckets.iter().flatten().all(|b| b.is_idle(now))
     }
@@ -436,6 +522,11 @@ impl WorkspaceLimits {
     /// The workspace's name.
     pub fn workspace(&self) -> &str {
         &self.0.name
+    }
+
+    /// The factor a credit-quota band puts on this workspace's rates (1 is full speed).
+    pub fn slow(&self) -> f64 {
+        self.0.slow
     }
 
     /// The quota enforced for `kind`, or `None` when it is not limited.

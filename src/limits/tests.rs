@@ -388,3 +388,46 @@ async fn throttled_so_far_counts_waits_over_and_in_progress_and_nothing_unconten
     assert_eq!(so_far, clock.elapsed() - began);
     assert!(so_far > 5 * MS, "{so_far:?}");
 }
+
+#[test]
+fn slow_scales_every_rate_and_one_restores_them() {
+    let settings = LimitSettings::default();
+    let limiters = Limiters::new(&settings);
+    let rate = |l: &Limiters, kind| {
+        let q = l.workspace("ws").quota(kind).unwrap();
+        1.0 / q.replenish_interval().as_secs_f64()
+    };
+    limiters.set_slow("ws", 0.5);
+    assert_eq!(limiters.workspace("ws").slow(), 0.5);
+    assert!((rate(&limiters, LimitKind::Emits) - settings.emits.rate * 0.5).abs() < 1e-6);
+    assert_eq!(
+        limiters
+            .workspace("ws")
+            .quota(LimitKind::Emits)
+            .unwrap()
+            .burst_size()
+            .get(),
+        settings.emits.burst
+    );
+    // Secrets applied while slowed stay slowed.
+    let mut secrets = IndexMap::new();
+    secrets.insert("prismeai_ratelimit_fetchs".to_owned(), Value::Number(10.0));
+    limiters.apply_secrets("ws", &secrets).unwrap();
+    assert!((rate(&limiters, LimitKind::Fetchs) - 5.0).abs() < 1e-6);
+    limiters.set_slow("ws", 1.0);
+    assert!((rate(&limiters, LimitKind::Fetchs) - 10.0).abs() < 1e-6);
+    assert!((rate(&limiters, LimitKind::Emits) - settings.emits.rate).abs() < 1e-6);
+}
+
+#[test]
+fn recent_waits_are_kept_per_workspace_and_kind() {
+    let (limiters, clock) = setup();
+    limiters.record_wait("a", LimitKind::Emits, Duration::from_millis(1500));
+    assert_eq!(
+        limiters.recent_waits("a", LimitKind::Emits),
+        Duration::from_millis(1500)
+    );
+    assert_eq!(limiters.recent_waits("b", LimitKind::Emits), Duration::ZERO);
+    clock.advance(RECENT_WAITS + Duration::from_secs(30));
+    assert_eq!(limiters.recent_waits("a", LimitKind::Emits), Duration::ZERO);
+}

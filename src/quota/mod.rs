@@ -286,6 +286,9 @@ impl Quotas {
             value: amount.to_string(),
         };
         let n = settings::credits_amount(amount).map_err(|_| bad())?;
+        // Announces the bands the charges so far entered, before the credits take the
+        // workspace out of them: they were entered (and restricted work) all the same.
+        let _ = self.flush(now).await;
         let state = self.state(ws, now);
         {
             let mut s = lock(&state);

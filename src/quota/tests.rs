@@ -259,6 +259,22 @@ async fn each_band_is_announced_once_per_cycle() {
 }
 
 #[tokio::test]
+async fn bands_entered_just_before_credits_are_added_are_still_announced() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = quotas_in(dir.path(), settings());
+    let mut events = q.subscribe();
+    let now = utc(NOW);
+    // No flush between the charge and the credits: the band was entered all the same.
+    q.charge("ws", "a", 105.0, now).unwrap();
+    let view = q.add_credits("ws", 100.0, now).await.unwrap();
+    assert_eq!(view.band, None);
+    let ats: Vec<f64> = std::iter::from_fn(|| events.try_recv().ok())
+        .map(|e| e.at)
+        .collect();
+    assert_eq!(ats, vec![80.0, 100.0]);
+}
+
+#[tokio::test]
 async fn a_restart_does_not_announce_a_band_again() {
     let dir = tempfile::tempdir().unwrap();
     let now = utc(NOW);

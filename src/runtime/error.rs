@@ -24,6 +24,8 @@ pub enum ErrorKind {
     Fetch,
     /// The execution went over one of its budgets (`budgets:` settings).
     BudgetExceeded,
+    /// The workspace's credit quota restricts the automation's class (SPEC section 8).
+    QuotaExceeded,
     /// Something outside the automation's control failed.
     Internal,
 }
@@ -40,6 +42,7 @@ impl ErrorKind {
             ErrorKind::InvalidEvent => "InvalidEventError",
             ErrorKind::Fetch => "FetchError",
             ErrorKind::BudgetExceeded => "BudgetExceeded",
+            ErrorKind::QuotaExceeded => "QuotaExceeded",
             ErrorKind::Internal => "InternalError",
         }
     }
@@ -58,6 +61,8 @@ pub struct ExecError {
     pub span: Option<Span>,
     /// The budget that was exceeded (`max_instructions`), for errors of kind `BudgetExceeded`.
     pub budget: Option<&'static str>,
+    /// How long until trying again may succeed (a webhook's `Retry-After`).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ExecError {
@@ -69,6 +74,7 @@ impl ExecError {
             automation: None,
             span: None,
             budget: None,
+            retry_after: None,
         }
     }
 

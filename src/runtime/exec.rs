@@ -143,8 +143,8 @@ impl<'a> Exec<'a> {
 
     /// Runs the body, waits for the store answers of its emits, then evaluates
     /// `output` (a caller must not see success for events not stored).
-    pub(super) async fn run(&self) -> Result<Finished, ExecError> {
-        let flow = self.block(&self.x.automation.body).await?;
+    pub(super) async fn run(&self, body: &'a [Instruction]) -> Result<Finished, ExecError> {
+        let flow = self.block(body).await?;
         self.receipts.collect().await?;
         let output = match &self.x.automation.output {
             None => Value::empty_object(),
@@ -180,6 +180,14 @@ impl<'a> Exec<'a> {
         let waited = self.limits.acquire(kind, n).await;
         self.rt
             .throttled(&self.x.ws.id, kind, waited, &self.throttled);
+        self.rt
+            .charge_tokens(&self.x.ws.id, &self.x.automation.slug, kind, n);
+    }
+
+    /// Charges `credits` to the workspace's quota for this automation.
+    pub(crate) fn charge(&self, credits: f64) -> Result<(), ExecError> {
+        self.rt
+            .charge(&self.x.ws.id, &self.x.automation.slug, credits)
     }
 
     /// Counts one instruction against `max_instructions`; true when the task

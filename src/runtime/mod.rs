@@ -17,6 +17,7 @@ mod error;
 mod exec;
 mod fetch;
 mod instructions;
+mod quota;
 mod receipts;
 mod redact;
 mod start;
@@ -68,6 +69,8 @@ struct Inner {
     ids: AtomicU64,
     metrics: Arc<Metrics>,
     cancels: Arc<cancel::Cancels>,
+    /// Credit quotas, when the server set them.
+    quotas: OnceLock<quota::QuotaRt>,
 }
 
 impl Runtime {
@@ -131,6 +134,7 @@ impl Runtime {
                 ids: AtomicU64::new(0),
                 metrics,
                 cancels: Arc::default(),
+                quotas: OnceLock::new(),
             }),
         }
     }
@@ -142,6 +146,7 @@ impl Runtime {
             Ok(()) => Vec::new(),
             Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
         };
+        problems.extend(self.inner.apply_quota_secrets(&ws.id, &ws.secrets));
         let mut map = self
             .inner
             .workspaces
@@ -180,6 +185,7 @@ impl Runtime {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+        self.inner.remove_quota(id);
         redact::log_secrets(id, None);
     }
 
@@ -426,6 +432,7 @@ impl Inner {
         }
         total.fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
         self.metrics.throttled(ws, kind.as_str(), waited);
+        self.limits.record_wait(ws, kind, waited);
     }
 
     async fn execute_inner(&self, mut x: Execution) -> Result<Outcome, ExecError> {
@@ -443,7 +450,7 @@ impl Inner {
                 "Reached maximum number of nested calls",
             ));
         }
-        let limits = self.limits.workspace(&x.ws.id);
+        let (gate, limits) = self.quota_gate(&x)?;
         let throttled = AtomicU64::new(0);
         let waited = limits.acquire(LimitKind::Automations, 1).await;
         self.throttled(&x.ws.id, LimitKind::Automations, waited, &throttled);
@@ -459,7 +466,7 @@ impl Inner {
         // A local that the body borrows: the execution's state is large, and
         // moving it into a future would copy it on every run.
         let exec = exec::Exec::new(self, &x, limits, locals, throttled);
-        let done = exec.run().await?;
+        let done = exec.run(quota::body(&exec, &x, &gate)?).await?;
         let outcome = Outcome {
             output: done.output,
             broke: done.flow != exec::Flow::Continue,

@@ -470,7 +470,7 @@ mod tests {
         assert!(
             found[0].ends_with(
                 "a.yml:3:5: unknown instruction or automation `nobody`; expected one of set, \
-                 delete, conditions, repeat, all, break, emit, wait, fetch, comment, a, b"
+                 delete, conditions, repeat, all, break, emit, wait, fetch, charge, comment, a, b"
             ),
             "{found:?}"
         );

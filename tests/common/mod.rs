@@ -229,6 +229,7 @@ pub fn serve_with(root: &Path, env: &[(&str, &str)], args: &[&str]) -> Serve {
         .arg(root.join("automations"))
         .args(args)
         .env("SLUICE_SECRETS", root.join("secrets"))
+        .env("SLUICE_DATA", root.join("data"))
         .env("RUST_LOG", "info")
         .env_remove("NATS_URL")
         .envs(env.iter().copied())

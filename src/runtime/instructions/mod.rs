@@ -129,6 +129,7 @@ registry! {
     emit::Emit,
     wait::Wait,
     fetch::Fetch,
+    charge::Charge,
 }
 
 pub(crate) use wait::matches_condition;
