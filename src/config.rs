@@ -47,6 +47,24 @@ pub struct Settings {
     /// The NATS event bus, used when `nats_url` is set.
     #[serde(default)]
     pub nats: NatsSettings,
+    /// Named limits shared by every workspace (SPEC section 7), as written; checked by
+    /// [`Settings::load`] and read with [`Settings::shared_limits`].
+    #[serde(default = "no_limits")]
+    pub shared_limits: serde_json::Value,
+}
+
+fn no_limits() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+impl Settings {
+    /// The `shared_limits` section, read and checked.
+    pub fn shared_limits(
+        &self,
+    ) -> Result<Vec<crate::limits::named::LimitSpec>, Vec<crate::limits::named::SpecError>> {
+        let section = crate::value::Value::from(self.shared_limits.clone());
+        crate::limits::named::spec::parse_limits(&section, &["shared_limits"])
+    }
 }
 
 /// Interpreter limits.
@@ -236,6 +254,7 @@ impl Default for Settings {
             limits: LimitSettings::default(),
             budgets: Budgets::default(),
             nats: NatsSettings::default(),
+            shared_limits: no_limits(),
         }
     }
 }
@@ -259,6 +278,7 @@ impl fmt::Debug for Settings {
             .field("limits", &self.limits)
             .field("budgets", &self.budgets)
             .field("nats", &self.nats)
+            .field("shared_limits", &self.shared_limits)
             .finish()
     }
 }

@@ -26,6 +26,8 @@ use tokio_util::task::TaskTracker;
 const WATCH_EVERY: Duration = Duration::from_millis(500);
 /// How often idle workspaces' full buckets are dropped.
 const RETAIN_EVERY: Duration = Duration::from_secs(60);
+/// How often idle keys of named limits are forgotten, so memory follows the live keys.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// The runtime serves what the library loads.
 impl Installer for Runtime {
@@ -242,6 +244,11 @@ impl Server {
         let retain_runtime = runtime.clone();
         background.spawn(every(RETAIN_EVERY, stop_rx.clone(), move || {
             retain_runtime.limiters().retain_recent();
+            std::future::ready(())
+        }));
+        let sweep_runtime = runtime.clone();
+        background.spawn(every(SWEEP_EVERY, stop_rx.clone(), move || {
+            sweep_runtime.sweep_named();
             std::future::ready(())
         }));
         background.spawn(run_schedules(runtime.clone(), stop_rx, grace));

@@ -18,7 +18,7 @@ mod locate;
 mod suggest;
 
 pub use compile::{describe, parse_automation, parse_yaml, Compiled, Compiler};
-pub use locate::Locator;
+pub use locate::{locate_path, Locator};
 pub use suggest::{did_you_mean, one_of};
 
 use crate::expr::{ExprError, Scope, Template};
@@ -117,6 +117,11 @@ pub struct Automation<I> {
     pub body: Vec<I>,
     /// The `output` value; `{}` when absent.
     pub output: Option<Node>,
+    /// The named limits every execution takes before its body runs (SPEC section 7),
+    /// each with the place of its entry.
+    pub limits: Vec<(crate::limits::named::Use, Span)>,
+    /// Why `limits:` cannot be used, when it is malformed: executions then fail with it.
+    pub limits_invalid: Option<String>,
 }
 
 impl<I: Compile> Automation<I> {

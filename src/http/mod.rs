@@ -6,6 +6,7 @@
 //! state they share is explicit in [`AppState`].
 
 mod auth;
+mod limits;
 mod listen;
 mod secrets;
 pub mod usage;
@@ -60,6 +61,7 @@ pub fn router(state: AppState) -> Router {
                 .put(secrets::replace)
                 .patch(secrets::merge),
         )
+        .route("/v2/workspaces/{ws}/limits", get(limits::read))
         .route("/sys/healthcheck", get(health))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(max_body))
@@ -263,10 +265,32 @@ async fn webhook(
         Some(Err(e)) => {
             let message = latest.redactor.text(&e.to_string()).into_owned();
             let message = without_paths(&message, &state.settings.workspaces);
+            if e.kind == crate::runtime::ErrorKind::LimitExceeded {
+                return refused(message, &e);
+            }
             error(StatusCode::INTERNAL_SERVER_ERROR, message)
         }
         None => error(StatusCode::NOT_FOUND, format!("no endpoint `{name}`")),
     }
+}
+
+/// 429 for an execution a named limit refused: `Retry-After` in whole seconds rounded
+/// up (1 when capacity returns only as holders release it), and the error's code and limit.
+fn refused(message: String, e: &crate::runtime::ExecError) -> Response {
+    let secs = e
+        .retry_after
+        .map_or(1, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+        .max(1);
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, secs.to_string())],
+        Json(serde_json::json!({"error": {
+            "message": message,
+            "code": e.kind.code(),
+            "limit": e.limit,
+        }})),
+    )
+        .into_response()
 }
 
 /// `message` without the server's folders: a caller may see a file's name in the
@@ -463,7 +487,8 @@ async fn health(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.runtime.metrics().render(),
+        state.runtime.metrics().render()
+            + &crate::metrics::render_named(&state.runtime.all_named_limits()),
     )
         .into_response()
 }
