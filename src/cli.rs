@@ -278,6 +278,12 @@ fn throttle_line(waited: Duration, kind: LimitKind, quota: Option<governor::Quot
 pub fn validate(dirs: &[PathBuf]) -> u8 {
     init_logs("warn", false);
     let mut problems = 0;
+    // The operator's shared limits, when the environment's settings give them, are names
+    // an automation may use.
+    let shared = Settings::load(None)
+        .ok()
+        .and_then(|s| s.shared_limits().ok())
+        .unwrap_or_default();
     for dir in dirs {
         if !dir.is_dir() {
             eprintln!("{}: not a workspace folder", dir.display());
@@ -293,6 +299,7 @@ pub fn validate(dirs: &[PathBuf]) -> u8 {
             }
             Ok(ws) => {
                 let mut found = ws.diagnostics.clone();
+                found.extend(ws.limit_diagnostics(&shared));
                 found.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
                 for d in &found {
                     eprintln!("{d}");
