@@ -39,7 +39,8 @@ fn start(slug: &str) -> Start {
 const REPEAT: &str = "slug: loop\ndo:\n  - repeat:\n      on: 2000\n      do:\n        - set: {name: last, value: 'item {{item}} of {{$index}}'}\noutput: '{{last}}'\n";
 const TRIVIAL: &str = "slug: hello\nwhen: {endpoint: true}\ndo: []\noutput: {message: hello}\n";
 /// The trivial automation taking one named limit (SPEC section 7) that never makes it wait.
-const TRIVIAL_NAMED: &str = "slug: named\nwhen: {endpoint: true}\nlimits: [api]\ndo: []\noutput: {message: hello}\n";
+const TRIVIAL_NAMED: &str =
+    "slug: named\nwhen: {endpoint: true}\nlimits: [api]\ndo: []\noutput: {message: hello}\n";
 const NAMED_LIMITS: &str = "limits:\n  api: {rate: 1000000000, per: second}\n";
 
 fn bench(c: &mut Criterion) {

@@ -237,18 +237,24 @@ impl<'a> Exec<'a> {
             return Ok(None);
         }
         let named = self.named()?;
-        let mut asks = Vec::with_capacity(a.limits.len());
-        for (u, span) in &a.limits {
-            let ask = named
+        let render = |(u, span): &(crate::limits::named::Use, Span)| {
+            named
                 .render(u, self)
-                .map_err(|e| self.locate(e.into(), span))?;
-            asks.push(ask);
-        }
-        let first = &a.limits[0].1;
-        self.acquire_named(&asks)
-            .await
-            .map(Some)
-            .map_err(|e| self.locate(e, first))
+                .map_err(|e| self.locate(e.into(), span))
+        };
+        let first = &a.limits[0];
+        let held = match &a.limits[..] {
+            // The common case takes its one limit without building a list.
+            [one] => {
+                self.acquire_named(std::slice::from_ref(&render(one)?))
+                    .await
+            }
+            all => {
+                let asks = all.iter().map(render).collect::<Result<Vec<_>, _>>()?;
+                self.acquire_named(&asks).await
+            }
+        };
+        held.map(Some).map_err(|e| self.locate(e, &first.1))
     }
 
     /// Counts one instruction against `max_instructions`; true when the task
