@@ -85,6 +85,7 @@ pub fn parse_automation<I: Compile>(file: &Path, text: &str) -> Result<Compiled<
         output,
         limits,
         limits_invalid,
+        constant_limits: std::sync::OnceLock::new(),
     };
     Ok(Compiled {
         automation,

@@ -122,6 +122,10 @@ pub struct Automation<I> {
     pub limits: Vec<(crate::limits::named::Use, Span)>,
     /// Why `limits:` cannot be used, when it is malformed: executions then fail with it.
     pub limits_invalid: Option<String>,
+    /// `limits:` rendered once, when nothing in them depends on the execution (no key,
+    /// template or lane): an automation lives with one version of its workspace's
+    /// declarations, since editing them reloads every automation.
+    pub constant_limits: std::sync::OnceLock<Option<Vec<crate::limits::named::Ask>>>,
 }
 
 impl<I: Compile> Automation<I> {

@@ -237,6 +237,17 @@ impl<'a> Exec<'a> {
             return Ok(None);
         }
         let named = self.named()?;
+        let constant = a
+            .constant_limits
+            .get_or_init(|| self.constant_limits(named));
+        if let Some(asks) = constant {
+            let first = &a.limits[0].1;
+            return self
+                .acquire_named(asks)
+                .await
+                .map(Some)
+                .map_err(|e| self.locate(e, first));
+        }
         let render = |(u, span): &(crate::limits::named::Use, Span)| {
             named
                 .render(u, self)
@@ -255,6 +266,33 @@ impl<'a> Exec<'a> {
             }
         };
         held.map(Some).map_err(|e| self.locate(e, &first.1))
+    }
+
+    /// The automation's `limits:` rendered, when none depends on the execution: names of
+    /// declared limits without `key` or a templated rate, with constant units and
+    /// priority and no lane.
+    fn constant_limits(&self, named: &NamedLimits) -> Option<Vec<Ask>> {
+        use crate::limits::named::{Number, Target};
+        let shared = self.rt.settings.shared_limits().unwrap_or_default();
+        let ws = &self.x.ws.limits;
+        self.x
+            .automation
+            .limits
+            .iter()
+            .map(|(u, _)| {
+                let Target::Named(name) = &u.target else {
+                    return None;
+                };
+                // The registry gives a shared name to the shared limit.
+                let spec = shared.iter().chain(ws.iter()).find(|l| l.name == *name)?;
+                let constant = spec.key.is_none()
+                    && !spec.rate_is_template()
+                    && matches!(u.units, Number::Const(_))
+                    && matches!(u.priority, Number::Const(_))
+                    && u.lane.is_none();
+                constant.then(|| named.render(u, self).ok()).flatten()
+            })
+            .collect()
     }
 
     /// Counts one instruction against `max_instructions`; true when the task
