@@ -38,18 +38,33 @@ fn start(slug: &str) -> Start {
 
 const REPEAT: &str = "slug: loop\ndo:\n  - repeat:\n      on: 2000\n      do:\n        - set: {name: last, value: 'item {{item}} of {{$index}}'}\noutput: '{{last}}'\n";
 const TRIVIAL: &str = "slug: hello\nwhen: {endpoint: true}\ndo: []\noutput: {message: hello}\n";
+/// The trivial automation taking one named limit (SPEC section 7) that never makes it wait.
+const TRIVIAL_NAMED: &str =
+    "slug: named\nwhen: {endpoint: true}\nlimits: [api]\ndo: []\noutput: {message: hello}\n";
+const NAMED_LIMITS: &str = "limits:\n  api: {rate: 1000000000, per: second}\n";
 
 fn bench(c: &mut Criterion) {
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio");
-    let (rt, _dir) = runtime(&[("loop.yml", REPEAT), ("hello.yml", TRIVIAL)], false);
+    let (rt, _dir) = runtime(
+        &[
+            ("loop.yml", REPEAT),
+            ("hello.yml", TRIVIAL),
+            ("named.yml", TRIVIAL_NAMED),
+            ("workspace.yml", NAMED_LIMITS),
+        ],
+        false,
+    );
     c.bench_function("repeat_2000_set_interpolation", |b| {
         b.to_async(&tokio).iter(|| rt.run(start("loop")))
     });
     c.bench_function("trivial_automation", |b| {
         b.to_async(&tokio).iter(|| rt.run(start("hello")))
+    });
+    c.bench_function("trivial_automation_one_named_limit", |b| {
+        b.to_async(&tokio).iter(|| rt.run(start("named")))
     });
     let (limited, _dir2) = runtime(&[("loop.yml", REPEAT), ("hello.yml", TRIVIAL)], true);
     c.bench_function("trivial_automation_with_limits", |b| {

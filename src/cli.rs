@@ -235,24 +235,34 @@ async fn run_async(
         .collect();
     let code = if result.is_ok() { 0 } else { 1 };
     if args.report {
-        let (output, throttled, duration, error) = match &result {
+        let empty = Vec::new();
+        let (output, throttled, duration, by, shadow, error) = match &result {
             Ok(o) => (
                 o.output.to_json(),
                 o.throttled.as_millis(),
                 o.duration.as_millis(),
+                &o.throttled_by,
+                &o.shadow,
                 serde_json::Value::Null,
             ),
-            Err(e) => (
-                serde_json::Value::Null,
-                0,
-                0,
-                serde_json::json!({"message": e.to_string(), "error": e.kind.name()}),
-            ),
+            Err(e) => {
+                let mut error = crate::runtime::error_value(e).to_json();
+                if let Some(m) = error.as_object_mut() {
+                    m.insert("error".into(), e.kind.name().into());
+                }
+                (serde_json::Value::Null, 0, 0, &empty, &empty, error)
+            }
+        };
+        let millis = |w: &crate::runtime::Waits| {
+            crate::runtime::to_millis(w)
+                .map_or(serde_json::json!({}), |m| Value::object(m).to_json())
         };
         let report = serde_json::json!({
             "output": output,
             "emitted": emitted,
             "throttled": number_to_json(throttled as f64),
+            "throttledBy": millis(by),
+            "shadow": millis(shadow),
             "duration": number_to_json(duration as f64),
             "error": error,
         });
@@ -310,6 +320,12 @@ fn throttle_line(waited: Duration, kind: LimitKind, quota: Option<governor::Quot
 pub fn validate(dirs: &[PathBuf]) -> u8 {
     init_logs("warn", false);
     let mut problems = 0;
+    // The operator's shared limits, when the environment's settings give them, are names
+    // an automation may use.
+    let shared = Settings::load(None)
+        .ok()
+        .and_then(|s| s.shared_limits().ok())
+        .unwrap_or_default();
     for dir in dirs {
         if !dir.is_dir() {
             eprintln!("{}: not a workspace folder", dir.display());
@@ -325,6 +341,7 @@ pub fn validate(dirs: &[PathBuf]) -> u8 {
             }
             Ok(ws) => {
                 let mut found = ws.diagnostics.clone();
+                found.extend(ws.limit_diagnostics(&shared));
                 found.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
                 for d in &found {
                     eprintln!("{d}");

@@ -50,6 +50,24 @@ pub struct Settings {
     /// Credit quotas per workspace (SPEC section 8); `data_dir` is `SLUICE_DATA`.
     #[serde(default)]
     pub quotas: crate::quota::QuotaSettings,
+    /// Named limits shared by every workspace (SPEC section 7), as written; checked by
+    /// [`Settings::load`] and read with [`Settings::shared_limits`].
+    #[serde(default = "no_limits")]
+    pub shared_limits: serde_json::Value,
+}
+
+fn no_limits() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+impl Settings {
+    /// The `shared_limits` section, read and checked.
+    pub fn shared_limits(
+        &self,
+    ) -> Result<Vec<crate::limits::named::LimitSpec>, Vec<crate::limits::named::SpecError>> {
+        let section = crate::value::Value::from(self.shared_limits.clone());
+        crate::limits::named::spec::parse_limits(&section, &["shared_limits"])
+    }
 }
 
 /// Interpreter limits.
@@ -240,6 +258,7 @@ impl Default for Settings {
             budgets: Budgets::default(),
             nats: NatsSettings::default(),
             quotas: crate::quota::QuotaSettings::default(),
+            shared_limits: no_limits(),
         }
     }
 }
@@ -264,6 +283,7 @@ impl fmt::Debug for Settings {
             .field("budgets", &self.budgets)
             .field("nats", &self.nats)
             .field("quotas", &self.quotas)
+            .field("shared_limits", &self.shared_limits)
             .finish()
     }
 }

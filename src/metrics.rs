@@ -250,6 +250,60 @@ fn render_quotas(out: &mut String, f: &Families) {
     }
 }
 
+/// The named limits' families (SPEC section 7), from their live counters, by workspace
+/// and limit; the shared limits come under `workspace=""`, their counters covering all.
+pub fn render_named(limits: &[(String, Vec<crate::limits::named::LimitView>)]) -> String {
+    type Field = fn(&crate::limits::named::Snapshot) -> String;
+    let families: [(&str, &str, &str, Field); 5] = [
+        (
+            "sluice_named_limit_waits_total",
+            "counter",
+            "Acquisitions of a named limit that waited.",
+            |s| s.waits.to_string(),
+        ),
+        (
+            "sluice_named_limit_wait_seconds_total",
+            "counter",
+            "Time waited on a named limit.",
+            |s| s.wait_seconds.to_string(),
+        ),
+        (
+            "sluice_named_limit_refusals_total",
+            "counter",
+            "Acquisitions a named limit refused (LimitExceeded).",
+            |s| s.refusals.to_string(),
+        ),
+        (
+            "sluice_named_limit_slots_held",
+            "gauge",
+            "Concurrency slots of a named limit held now.",
+            |s| s.held.to_string(),
+        ),
+        (
+            "sluice_named_limit_waiters",
+            "gauge",
+            "Acquisitions waiting for a named limit now.",
+            |s| s.waiters.values().sum::<usize>().to_string(),
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, field) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (ws, views) in limits {
+            for v in views {
+                let _ = writeln!(
+                    out,
+                    "{name}{{workspace=\"{}\",limit=\"{}\"}} {}",
+                    escape(ws),
+                    escape(&v.name),
+                    field(&v.state)
+                );
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,8 @@ const RETAIN_EVERY: Duration = Duration::from_secs(60);
 const QUOTA_FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// How often idle workspaces' band `slow` and the quota metrics are brought up to date.
 const QUOTA_SYNC_EVERY: Duration = Duration::from_secs(1);
+/// How often idle keys of named limits are forgotten, so memory follows the live keys.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// The runtime serves what the library loads.
 impl Installer for Runtime {
@@ -300,6 +302,11 @@ impl Server {
         let retain_runtime = runtime.clone();
         background.spawn(every(RETAIN_EVERY, stop_rx.clone(), move || {
             retain_runtime.limiters().retain_recent();
+            std::future::ready(())
+        }));
+        let sweep_runtime = runtime.clone();
+        background.spawn(every(SWEEP_EVERY, stop_rx.clone(), move || {
+            sweep_runtime.sweep_named();
             std::future::ready(())
         }));
         background.spawn(run_schedules(runtime.clone(), stop_rx.clone(), grace));

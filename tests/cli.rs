@@ -207,7 +207,7 @@ fn validate_names_misspelt_instructions_and_fields_at_their_own_column() {
         vec![
             "main.yml:2:5: unknown instruction or automation `sett`; did you mean `set`? \
              expected one of set, delete, conditions, repeat, all, break, emit, wait, fetch, \
-             charge, comment, main",
+             charge, acquire, comment, main",
             "main.yml:3:12: unknown field `evnt` in emit; did you mean `event`? \
              expected one of event, payload, target, options, output",
             "main.yml:4:12: unknown field `timout` in wait; did you mean `timeout`? \

@@ -114,7 +114,29 @@ impl Settings {
             file: file_name.unwrap_or_else(|| "settings".to_owned()),
             message: e.to_string(),
         })?;
+        settings.check_shared_limits(file)?;
         Ok(settings)
+    }
+
+    /// Checks `shared_limits`; the first problem is reported at its place in the file.
+    fn check_shared_limits(&self, file: Option<&Path>) -> Result<(), ConfigError> {
+        let Err(errors) = self.shared_limits() else {
+            return Ok(());
+        };
+        let Some(first) = errors.first() else {
+            return Ok(());
+        };
+        let text = file.and_then(|f| std::fs::read_to_string(f).ok());
+        let (line, column) = text
+            .as_deref()
+            .map_or((1, 1), |t| crate::dsl::locate_path(t, &first.path));
+        Err(ConfigError::File {
+            file: format!(
+                "{}:{line}:{column}",
+                file.map_or("settings".into(), |f| f.display().to_string())
+            ),
+            message: first.to_string(),
+        })
     }
 
     /// Checks each rate against its burst, which the per-value checks cannot do. The error

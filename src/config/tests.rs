@@ -443,3 +443,31 @@ fn quota_plans_come_from_the_file() {
     let s = Settings::load_from(Some(file.path()), &no_env).unwrap();
     assert_eq!(s.quotas.default_policy().plan.as_deref(), Some("pro"));
 }
+
+#[test]
+fn shared_limits_are_read_and_a_bad_one_is_refused_at_its_place() {
+    let file = yaml(
+        "shared_limits:\n  openai:\n    rate: 90000\n    per: minute\n    lanes: {team-a: 2}\n",
+    );
+    let s = Settings::load_from(Some(file.path()), &no_env).unwrap();
+    let limits = s.shared_limits().unwrap();
+    assert_eq!(limits.len(), 1);
+    assert_eq!(&*limits[0].name, "openai");
+
+    let file = yaml("shared_limits:\n  openai:\n    rate: 90000\n    per: fortnight\n");
+    let e = Settings::load_from(Some(file.path()), &no_env)
+        .unwrap_err()
+        .to_string();
+    let place = format!("{}:4:5: `shared_limits.openai.per`", file.path().display());
+    assert!(e.starts_with(&place), "{e}");
+    assert!(e.contains("fortnight"), "{e}");
+
+    let file = yaml("shared_limits:\n  emits: {rate: 1}\n");
+    let e = Settings::load_from(Some(file.path()), &no_env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(":2:3: `shared_limits.emits`") && e.contains("built-in"),
+        "{e}"
+    );
+}

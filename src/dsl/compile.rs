@@ -76,6 +76,7 @@ pub fn parse_automation<I: Compile>(file: &Path, text: &str) -> Result<Compiled<
         Some(v) => c.block(v, "do"),
     };
     let output = map.get("output").map(|v| c.node(v));
+    let (limits, limits_invalid) = c.limits(map.get("limits"), text);
     let automation = Automation {
         slug,
         file: file.to_path_buf(),
@@ -90,6 +91,9 @@ pub fn parse_automation<I: Compile>(file: &Path, text: &str) -> Result<Compiled<
         body,
         output,
         quota,
+        limits,
+        limits_invalid,
+        constant_limits: std::sync::OnceLock::new(),
     };
     Ok(Compiled {
         automation,
@@ -392,6 +396,55 @@ impl<I: Compile> Compiler<'_, I> {
                 super::one_of(field, valid)
             ),
         );
+    }
+
+    /// Reads an automation's `limits:` list; problems are reported at their place, and
+    /// the first one is what executions fail with.
+    #[allow(clippy::type_complexity)]
+    fn limits(
+        &mut self,
+        v: Option<&Value>,
+        text: &str,
+    ) -> (Vec<(crate::limits::named::Use, Span)>, Option<String>) {
+        use crate::limits::named::Use;
+        let mut uses = Vec::new();
+        let mut first = None;
+        let mut problem = |c: &mut Self, path: &[String], message: String| {
+            let span = c.span(super::locate_path(text, path));
+            c.report(&span, message.clone());
+            first.get_or_insert(message);
+            span
+        };
+        let entries = match v {
+            None | Some(Value::Null) => return (uses, None),
+            Some(Value::List(l)) => l.clone(),
+            Some(other) => {
+                let message = format!(
+                    "`limits` takes a list of limit names or maps, found {}",
+                    describe(other)
+                );
+                problem(self, &["limits".into()], message);
+                return (uses, first);
+            }
+        };
+        for (i, entry) in entries.iter().enumerate() {
+            let path = vec!["limits".to_string(), i.to_string()];
+            match Use::parse_entry(entry, &path) {
+                Ok(u) => {
+                    let place = match entry {
+                        Value::String(name) => self.text_span(name),
+                        _ => self.span(super::locate_path(text, &path)),
+                    };
+                    uses.push((u, place));
+                }
+                Err(errors) => {
+                    for e in errors {
+                        problem(self, &e.path, e.to_string());
+                    }
+                }
+            }
+        }
+        (uses, first)
     }
 
     fn when(&mut self, v: Option<&Value>) -> When {

@@ -31,6 +31,18 @@ pub struct Locator<'a> {
     spare: usize,
 }
 
+/// Line and column of the node at `path` (keys from the root; list indexes, as digits,
+/// are passed over) in a YAML `text`: each key is looked for after the previous one, so
+/// the place is that of the deepest key found.
+pub fn locate_path(text: &str, path: &[String]) -> (usize, usize) {
+    let mut locator = Locator::new(text);
+    let mut at = (1, 1);
+    for key in path.iter().filter(|k| k.parse::<usize>().is_err()) {
+        at = locator.find_key(key);
+    }
+    at
+}
+
 impl<'a> Locator<'a> {
     /// A locator at the start of `text`.
     pub fn new(text: &'a str) -> Self {

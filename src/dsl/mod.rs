@@ -18,7 +18,7 @@ mod locate;
 mod suggest;
 
 pub use compile::{describe, parse_automation, parse_yaml, Compiled, Compiler};
-pub use locate::Locator;
+pub use locate::{locate_path, Locator};
 pub use suggest::{did_you_mean, one_of};
 
 use crate::expr::{ExprError, Scope, Template};
@@ -119,6 +119,15 @@ pub struct Automation<I> {
     pub output: Option<Node>,
     /// `quota:` (SPEC section 8); `None` is free and of class `standard`.
     pub quota: Option<Quota<I>>,
+    /// The named limits every execution takes before its body runs (SPEC section 7),
+    /// each with the place of its entry.
+    pub limits: Vec<(crate::limits::named::Use, Span)>,
+    /// Why `limits:` cannot be used, when it is malformed: executions then fail with it.
+    pub limits_invalid: Option<String>,
+    /// `limits:` rendered once, when nothing in them depends on the execution (no key,
+    /// template or lane): an automation lives with one version of its workspace's
+    /// declarations, since editing them reloads every automation.
+    pub constant_limits: std::sync::OnceLock<Option<Vec<crate::limits::named::Ask>>>,
 }
 
 /// An automation's `quota:`: what it costs and how essential it is.

@@ -6,6 +6,7 @@
 //! state they share is explicit in [`AppState`].
 
 mod auth;
+mod limits;
 mod listen;
 mod secrets;
 pub mod usage;
@@ -14,7 +15,7 @@ pub use listen::{serve, Shutdown};
 
 use crate::bus::{check_event_type, Watch};
 use crate::config::Settings;
-use crate::runtime::{ErrorKind, Redactor, Runtime, Start, Trigger, TriggerKind};
+use crate::runtime::{Redactor, Runtime, Start, Trigger, TriggerKind};
 use crate::value::{Map, Value};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -68,6 +69,7 @@ pub fn router(state: AppState) -> Router {
                 .put(secrets::replace)
                 .patch(secrets::merge),
         )
+        .route("/v2/workspaces/{ws}/limits", get(limits::read))
         .route("/sys/healthcheck", get(health))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(max_body))
@@ -275,24 +277,31 @@ async fn webhook(
         Some(Err(e)) => {
             let message = latest.redactor.text(&e.to_string()).into_owned();
             let message = without_paths(&message, &state.settings.workspaces);
-            match e.retry_after {
-                Some(after) if e.kind == ErrorKind::QuotaExceeded => {
-                    too_many(e.kind.name(), message, after)
-                }
-                _ => error(StatusCode::INTERNAL_SERVER_ERROR, message),
+            if e.kind.code().is_some() {
+                return refused(message, &e);
             }
+            error(StatusCode::INTERNAL_SERVER_ERROR, message)
         }
         None => error(StatusCode::NOT_FOUND, format!("no endpoint `{name}`")),
     }
 }
 
-/// A 429 naming the error's `code`, with `Retry-After` in whole seconds, rounded up.
-fn too_many(code: &str, message: String, after: std::time::Duration) -> Response {
-    let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+/// 429 for an execution a named limit or a credit quota refused: `Retry-After` in whole
+/// seconds rounded up (1 when capacity returns only as holders release it), and the error's
+/// code and limit.
+fn refused(message: String, e: &crate::runtime::ExecError) -> Response {
+    let secs = e
+        .retry_after
+        .map_or(1, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+        .max(1);
     (
         StatusCode::TOO_MANY_REQUESTS,
-        [(header::RETRY_AFTER, secs.max(1).to_string())],
-        Json(serde_json::json!({"error": {"code": code, "message": message}})),
+        [(header::RETRY_AFTER, secs.to_string())],
+        Json(serde_json::json!({"error": {
+            "message": message,
+            "code": e.kind.code(),
+            "limit": e.limit,
+        }})),
     )
         .into_response()
 }
@@ -491,7 +500,8 @@ async fn health(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.runtime.metrics().render(),
+        state.runtime.metrics().render()
+            + &crate::metrics::render_named(&state.runtime.all_named_limits()),
     )
         .into_response()
 }

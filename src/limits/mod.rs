@@ -200,6 +200,11 @@ impl Limiters {
         }))
     }
 
+    /// The clock of these limiters, for the named limits to share.
+    pub fn time(&self) -> TimeSource {
+        self.0.time.clone()
+    }
+
     /// How far a test's simulated time has moved (zero on the real clock).
     pub fn simulated(&self) -> Duration {
         self.0.time.simulated()

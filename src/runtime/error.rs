@@ -4,6 +4,7 @@ use crate::dsl::Span;
 use crate::expr::ExprError;
 use crate::limits::BudgetExceeded;
 use std::fmt;
+use std::time::Duration;
 
 /// The kind of failure, named as in the reference runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +29,8 @@ pub enum ErrorKind {
     QuotaExceeded,
     /// Something outside the automation's control failed.
     Internal,
+    /// A named limit did not grant within its `wait` (SPEC section 7).
+    LimitExceeded,
 }
 
 impl ErrorKind {
@@ -44,6 +47,16 @@ impl ErrorKind {
             ErrorKind::BudgetExceeded => "BudgetExceeded",
             ErrorKind::QuotaExceeded => "QuotaExceeded",
             ErrorKind::Internal => "InternalError",
+            ErrorKind::LimitExceeded => "LimitExceeded",
+        }
+    }
+
+    /// The `code` reports and executed events carry, for refusals by a limit.
+    pub fn code(self) -> Option<&'static str> {
+        match self {
+            ErrorKind::LimitExceeded => Some("LimitExceeded"),
+            ErrorKind::QuotaExceeded => Some("QuotaExceeded"),
+            _ => None,
         }
     }
 }
@@ -61,8 +74,10 @@ pub struct ExecError {
     pub span: Option<Span>,
     /// The budget that was exceeded (`max_instructions`), for errors of kind `BudgetExceeded`.
     pub budget: Option<&'static str>,
-    /// How long until trying again may succeed (a webhook's `Retry-After`).
-    pub retry_after: Option<std::time::Duration>,
+    /// When to try again, for refusals (`Retry-After`); `None` when unknown.
+    pub retry_after: Option<Duration>,
+    /// The named limit that refused, for errors of kind `LimitExceeded`.
+    pub limit: Option<String>,
 }
 
 impl ExecError {
@@ -75,6 +90,7 @@ impl ExecError {
             span: None,
             budget: None,
             retry_after: None,
+            limit: None,
         }
     }
 
@@ -115,5 +131,25 @@ impl From<BudgetExceeded> for ExecError {
             budget: Some(e.name),
             ..ExecError::new(ErrorKind::BudgetExceeded, e.to_string())
         }
+    }
+}
+
+impl From<crate::limits::named::AcquireError> for ExecError {
+    fn from(e: crate::limits::named::AcquireError) -> ExecError {
+        let retry_after = match &e {
+            crate::limits::named::AcquireError::Refused { retry_after, .. } => *retry_after,
+            crate::limits::named::AcquireError::Unknown(_) => None,
+        };
+        ExecError {
+            retry_after,
+            limit: Some(e.limit().to_string()),
+            ..ExecError::new(ErrorKind::LimitExceeded, e.to_string())
+        }
+    }
+}
+
+impl From<crate::limits::named::RenderError> for ExecError {
+    fn from(e: crate::limits::named::RenderError) -> ExecError {
+        ExecError::new(ErrorKind::InvalidInstruction, e.to_string())
     }
 }

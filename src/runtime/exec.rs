@@ -3,18 +3,20 @@
 //! limiter waits), so no instruction reaches into the engine's state.
 
 use super::budget::{self, Meter};
+use super::throttle::{Throttle, Waits};
 use super::vars::{delete_in_map, invalid_set, key_str, read_map, set_in_map, set_local, Mode};
 use super::{now_iso, ExecError, Execution, Inner, Outcome, Trigger, TriggerKind};
 use crate::bus::{Event, EventFilter, Waiter};
 use crate::config::Settings;
 use crate::dsl::Span;
 use crate::expr::{get_path, parse_variable_name, Key, Scope};
+use crate::limits::named::{Acquired, Ask, NamedLimits};
 use crate::limits::{Budgets, LimitKind, WorkspaceLimits};
 use crate::runtime::Instruction;
 use crate::value::{Map, Value};
 use futures::future::BoxFuture;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -38,8 +40,8 @@ pub struct Exec<'a> {
     locals: Mutex<Map>,
     /// `run.depth`: 1 for a triggered automation, +1 per call or event hop.
     depth: u32,
-    /// Nanoseconds spent waiting on limiters.
-    throttled: AtomicU64,
+    /// Time spent waiting on limiters, whole and per limit.
+    throttled: Throttle,
     /// Instructions run, shared with the automations this one calls.
     meter: Meter,
     /// Known sizes (bytes of JSON) of the variables this execution wrote into,
@@ -61,6 +63,8 @@ pub(super) struct Finished {
     pub(super) output: Value,
     /// Time spent waiting on limiters, callees' included.
     pub(super) throttled: Duration,
+    /// That time per limit, and the would-be waits of shadow limits.
+    pub(super) split: (Waits, Waits),
     /// Instructions counted, callees' included.
     pub(super) instructions: u64,
 }
@@ -125,7 +129,7 @@ impl<'a> Exec<'a> {
         x: &'a Execution,
         limits: WorkspaceLimits,
         locals: Map,
-        throttled: AtomicU64,
+        throttled: Throttle,
     ) -> Exec<'a> {
         Exec {
             rt,
@@ -144,6 +148,8 @@ impl<'a> Exec<'a> {
     /// Runs the body, waits for the store answers of its emits, then evaluates
     /// `output` (a caller must not see success for events not stored).
     pub(super) async fn run(&self, body: &'a [Instruction]) -> Result<Finished, ExecError> {
+        // Held until the execution ends, however it ends (SPEC section 7).
+        let _held = self.hold_limits().await?;
         let flow = self.block(body).await?;
         self.receipts.collect().await?;
         let output = match &self.x.automation.output {
@@ -153,7 +159,8 @@ impl<'a> Exec<'a> {
         Ok(Finished {
             flow,
             output,
-            throttled: Duration::from_nanos(self.throttled.load(Ordering::Relaxed)),
+            throttled: self.throttled.total(),
+            split: self.throttled.split(),
             instructions: self.meter.count(),
         })
     }
@@ -188,6 +195,112 @@ impl<'a> Exec<'a> {
     pub(crate) fn charge(&self, credits: f64) -> Result<(), ExecError> {
         self.rt
             .charge(&self.x.ws.id, &self.x.automation.slug, credits)
+    }
+
+    /// The waits so far: whole, per limit, and the shadow ones (for a failed execution's
+    /// executed event).
+    pub(super) fn waits(&self) -> (Duration, Waits, Waits) {
+        let (by, shadow) = self.throttled.split();
+        (self.throttled.total(), by, shadow)
+    }
+
+    /// The workspace's named limits.
+    pub(crate) fn named(&self) -> Result<&NamedLimits, ExecError> {
+        self.x.ws.named.as_ref().ok_or_else(|| {
+            ExecError::new(
+                super::ErrorKind::Internal,
+                format!("workspace `{}` has no named limits installed", self.x.ws.id),
+            )
+        })
+    }
+
+    /// Takes the named limits of `asks` (one canonical order, no deadlock) and counts
+    /// their waits as throttling; shadow limits count their would-be waits apart.
+    pub(crate) async fn acquire_named(&self, asks: &[Ask]) -> Result<Acquired, ExecError> {
+        let named = self.named()?;
+        let got = match asks {
+            [one] => named.acquire_one(one).await?,
+            many => named.acquire(many).await?,
+        };
+        for (limit, d) in &got.waited {
+            self.throttled.waited(limit, *d);
+        }
+        for (limit, d) in &got.shadow {
+            self.throttled.shadow(limit, *d);
+        }
+        Ok(got)
+    }
+
+    /// Takes the automation's own `limits:` before its body runs; what it holds is
+    /// released when the returned value drops.
+    async fn hold_limits(&self) -> Result<Option<Acquired>, ExecError> {
+        let a = &self.x.automation;
+        if let Some(message) = &a.limits_invalid {
+            return Err(ExecError::new(
+                super::ErrorKind::InvalidInstruction,
+                message.clone(),
+            ));
+        }
+        if a.limits.is_empty() {
+            return Ok(None);
+        }
+        let named = self.named()?;
+        let constant = a
+            .constant_limits
+            .get_or_init(|| self.constant_limits(named));
+        if let Some(asks) = constant {
+            let first = &a.limits[0].1;
+            return self
+                .acquire_named(asks)
+                .await
+                .map(Some)
+                .map_err(|e| self.locate(e, first));
+        }
+        let render = |(u, span): &(crate::limits::named::Use, Span)| {
+            named
+                .render(u, self)
+                .map_err(|e| self.locate(e.into(), span))
+        };
+        let first = &a.limits[0];
+        let held = match &a.limits[..] {
+            // The common case takes its one limit without building a list.
+            [one] => {
+                self.acquire_named(std::slice::from_ref(&render(one)?))
+                    .await
+            }
+            all => {
+                let asks = all.iter().map(render).collect::<Result<Vec<_>, _>>()?;
+                self.acquire_named(&asks).await
+            }
+        };
+        held.map(Some).map_err(|e| self.locate(e, &first.1))
+    }
+
+    /// The automation's `limits:` rendered, when none depends on the execution: names of
+    /// declared limits without `key` or a templated rate, with constant units and
+    /// priority and no lane.
+    fn constant_limits(&self, named: &NamedLimits) -> Option<Vec<Ask>> {
+        use crate::limits::named::{Number, Target};
+        let shared = self.rt.settings.shared_limits().unwrap_or_default();
+        let ws = &self.x.ws.limits;
+        self.x
+            .automation
+            .limits
+            .iter()
+            .map(|(u, _)| {
+                let Target::Named(name) = &u.target else {
+                    return None;
+                };
+                // The registry gives a shared name to the shared limit.
+                let spec = shared.iter().chain(ws.iter()).find(|l| l.name == *name)?;
+                let constant = spec.key.is_none()
+                    && !spec.rate_is_template()
+                    && matches!(u.units, Number::Const(_))
+                    && matches!(u.priority, Number::Const(_))
+                    && u.lane.is_none();
+                constant.then(|| named.render(u, self).ok()).flatten()
+            })
+            .collect()
     }
 
     /// Counts one instruction against `max_instructions`; true when the task
@@ -422,8 +535,7 @@ impl<'a> Exec<'a> {
             })
             .await?;
         self.meter.add_callee(started, outcome.instructions);
-        self.throttled
-            .fetch_add(outcome.throttled.as_nanos() as u64, Ordering::Relaxed);
+        self.throttled.merge(&outcome.throttled_by, &outcome.shadow);
         Ok(outcome)
     }
 

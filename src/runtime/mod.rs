@@ -15,14 +15,17 @@ mod cancel;
 mod contexts;
 mod error;
 mod exec;
+mod executed;
 mod fetch;
 mod instructions;
+mod named;
 mod quota;
 mod receipts;
 mod redact;
 mod start;
 #[cfg(test)]
 mod tests;
+mod throttle;
 mod vars;
 
 pub use contexts::RunState;
@@ -31,11 +34,15 @@ pub use instructions::{Instruction, NAMES as INSTRUCTIONS};
 
 /// A compiled automation of this interpreter's instructions.
 pub type Automation = crate::dsl::Automation<Instruction>;
+pub use executed::error_value;
+pub use named::{limit_uses, WorkspaceLimitsView};
 pub use redact::{RedactedStderr, Redactor};
 pub use start::{Outcome, Start, Trigger, TriggerKind};
+pub use throttle::{to_millis, Waits};
 
-use crate::bus::{Bus, BusError, Event, EventHandler, Host, HttpSource, Receipt, Source, EXECUTED};
+use crate::bus::{Bus, BusError, Event, EventHandler, Receipt, Source};
 use crate::config::Settings;
+use crate::limits::named::NamedLimits;
 use crate::limits::{LimitKind, Limiters};
 use crate::metrics::Metrics;
 use crate::value::{Map, Value};
@@ -71,6 +78,10 @@ struct Inner {
     cancels: Arc<cancel::Cancels>,
     /// Credit quotas, when the server set them.
     quotas: OnceLock<quota::QuotaRt>,
+    /// Each workspace's named limits; they outlive reloads of its files.
+    named: RwLock<HashMap<String, NamedLimits>>,
+    /// The operator's `shared_limits`.
+    shared: NamedLimits,
 }
 
 impl Runtime {
@@ -120,6 +131,7 @@ impl Runtime {
         limits: Limiters,
         metrics: Arc<Metrics>,
     ) -> Runtime {
+        let shared = named::shared(&settings, limits.time());
         Runtime {
             inner: Arc::new(Inner {
                 workspaces: RwLock::default(),
@@ -135,6 +147,8 @@ impl Runtime {
                 metrics,
                 cancels: Arc::default(),
                 quotas: OnceLock::new(),
+                named: RwLock::default(),
+                shared,
             }),
         }
     }
@@ -153,6 +167,16 @@ impl Runtime {
             .write()
             .unwrap_or_else(|p| p.into_inner());
         let old = map.get(&ws.id);
+        // Named limits that clash with the shared ones, or uses of undeclared ones,
+        // never replace a version without problems (as other diagnostics).
+        let clashes = self.inner.named_problems(&ws);
+        if !clashes.is_empty() && old.is_some_and(|o| o.diagnostics.is_empty()) {
+            problems.extend(clashes.iter().map(|d| d.to_string()));
+            return problems;
+        }
+        problems.extend(clashes.iter().map(|d| d.to_string()));
+        ws.diagnostics.extend(clashes);
+        self.inner.install_named(&mut ws);
         ws.budgets = match self
             .inner
             .settings
@@ -186,6 +210,7 @@ impl Runtime {
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
         self.inner.remove_quota(id);
+        self.inner.remove_named(id);
         redact::log_secrets(id, None);
     }
 
@@ -426,11 +451,11 @@ impl Inner {
     }
 
     /// Counts a limiter wait in the execution's throttled time and the metrics.
-    fn throttled(&self, ws: &str, kind: LimitKind, waited: Duration, total: &AtomicU64) {
+    fn throttled(&self, ws: &str, kind: LimitKind, waited: Duration, total: &throttle::Throttle) {
         if waited.is_zero() {
             return;
         }
-        total.fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
+        total.waited(kind.as_str(), waited);
         self.metrics.throttled(ws, kind.as_str(), waited);
         self.limits.record_wait(ws, kind, waited);
     }
@@ -451,7 +476,7 @@ impl Inner {
             ));
         }
         let (gate, limits) = self.quota_gate(&x)?;
-        let throttled = AtomicU64::new(0);
+        let throttled = throttle::Throttle::default();
         let waited = limits.acquire(LimitKind::Automations, 1).await;
         self.throttled(&x.ws.id, LimitKind::Automations, waited, &throttled);
         let trigger_payload = started_at.as_ref().map(|_| {
@@ -466,59 +491,51 @@ impl Inner {
         // A local that the body borrows: the execution's state is large, and
         // moving it into a future would copy it on every run.
         let exec = exec::Exec::new(self, &x, limits, locals, throttled);
-        let done = exec.run(quota::body(&exec, &x, &gate)?).await?;
+        // A restricted class without a fallback is refused like a limit refuses.
+        let result = match quota::body(&exec, &x, &gate) {
+            Ok(body) => exec.run(body).await,
+            Err(e) => Err(e),
+        };
+        let done = match result {
+            Ok(done) => done,
+            Err(e) => {
+                // A refusal (a named limit's or a quota's) is reported like a run
+                // (SPEC section 5): who refused and what the execution had waited until then.
+                if let (Some(payload), Some(started_at), Some(_)) =
+                    (trigger_payload, started_at, e.kind.code())
+                {
+                    let (throttled, throttled_by, shadow) = exec.waits();
+                    let failed = Outcome {
+                        output: Value::Null,
+                        broke: false,
+                        stop_callers: false,
+                        throttled,
+                        throttled_by,
+                        shadow,
+                        duration: started.elapsed() + (self.limits.simulated() - simulated),
+                        instructions: 0,
+                    };
+                    self.executed(&x, &failed, payload, started_at, Some(&e));
+                }
+                return Err(e);
+            }
+        };
+        let (throttled_by, shadow) = done.split;
         let outcome = Outcome {
             output: done.output,
             broke: done.flow != exec::Flow::Continue,
             stop_callers: done.flow == exec::Flow::Break { all: true },
             throttled: done.throttled,
+            throttled_by,
+            shadow,
             // Waits on a test's simulated clock count as if they had been real.
             duration: started.elapsed() + (self.limits.simulated() - simulated),
             instructions: done.instructions,
         };
         if let (Some(payload), Some(started_at)) = (trigger_payload, started_at) {
-            self.executed(&x, &outcome, payload, started_at);
+            self.executed(&x, &outcome, payload, started_at, None);
         }
         Ok(outcome)
-    }
-
-    fn executed(&self, x: &Execution, o: &Outcome, payload: Map, started_at: String) {
-        let source = Source {
-            http: x.http.as_ref().map(|(method, path)| HttpSource {
-                method: method.clone(),
-                path: path.clone(),
-            }),
-            host: Some(Host {
-                replica: self.replica.clone(),
-                service: "sluice".into(),
-            }),
-            ..x.source(None)
-        };
-        let mut p = Map::new();
-        p.insert("slug".into(), Value::str(x.automation.slug.as_str()));
-        p.insert("payload".into(), Value::object(payload));
-        p.insert("output".into(), o.output.clone());
-        p.insert(
-            "duration".into(),
-            Value::Number(o.duration.as_millis() as f64),
-        );
-        let throttled_ms = o.throttled.as_millis();
-        if throttled_ms >= 1 {
-            p.insert("throttled".into(), Value::Number(throttled_ms as f64));
-        }
-        p.insert("startedAt".into(), Value::str(started_at));
-        p.insert("trigger".into(), x.trigger.to_value());
-        p.insert("break".into(), Value::Bool(o.broke));
-        if let Some(gone) = &x.trigger.caller_gone {
-            if gone.load(Ordering::Acquire) {
-                p.insert("callerGone".into(), Value::Bool(true));
-            }
-        }
-        // One pass over the whole payload: the trigger's value (an event name)
-        // can hold a secret as much as the output can.
-        let p = x.ws.redactor.value(&Value::object(p));
-        let event = self.event(&x.ws.id, EXECUTED, p, source);
-        self.bus.notify(event);
     }
 }
 

@@ -79,6 +79,10 @@ pub struct Outcome {
     pub stop_callers: bool,
     /// Time spent waiting on limiters, the execution's own and its callees'.
     pub throttled: Duration,
+    /// That time per limit (`throttledBy`): built-in kinds by name, named limits by theirs.
+    pub throttled_by: super::Waits,
+    /// Would-be waits of shadow limits (`shadow`).
+    pub shadow: super::Waits,
     /// Wall time of the execution, throttling included.
     pub duration: Duration,
     /// Instructions counted when it ended, its callees' included (for a call,

@@ -518,3 +518,51 @@ async fn merges_and_deletes_in_a_loop_are_not_mistaken_for_growth() {
         json!(5_004)
     );
 }
+
+#[tokio::test]
+async fn executed_events_carry_shadow_waits_and_a_refusal_s_code_and_limit() {
+    let f = fixture(&[
+        (
+            "workspace",
+            "limits:\n  pilot: {rate: 1, per: hour, shadow: true}\n  once: {rate: 1, per: hour}\n",
+        ),
+        ("callee", "limits: [pilot, pilot]\ndo: []\n"),
+        ("main", "do:\n  - callee: {}\n"),
+        ("refused", "limits: [{limit: once, wait: 0}]\ndo: []\n"),
+    ]);
+    let mut feed = f.rt.bus().watch("ws");
+    f.run("main", json!({})).await.unwrap();
+    let mut shadows = Vec::new();
+    for _ in 0..2 {
+        let p = feed.recv().await.unwrap().payload.to_json();
+        shadows.push((
+            p["slug"].clone(),
+            p["shadow"]["pilot"].as_f64().unwrap_or(0.0),
+        ));
+        assert!(p.get("throttledBy").is_none(), "{p}");
+    }
+    // The callee's would-be wait of an hour is its caller's too.
+    for (slug, ms) in &shadows {
+        assert!(*ms > 3_000_000.0, "{slug}: {ms}");
+    }
+    f.run("refused", json!({})).await.unwrap();
+    assert!(feed
+        .recv()
+        .await
+        .unwrap()
+        .payload
+        .to_json()
+        .get("error")
+        .is_none());
+    let e = f.run("refused", json!({})).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::LimitExceeded);
+    assert_eq!(e.limit.as_deref(), Some("once"));
+    assert!(
+        e.retry_after.is_some_and(|d| d > Duration::from_secs(3000)),
+        "{e:?}"
+    );
+    let p = feed.recv().await.unwrap().payload.to_json();
+    assert_eq!(p["slug"], "refused");
+    assert_eq!(p["error"]["code"], "LimitExceeded", "{p}");
+    assert_eq!(p["error"]["limit"], "once", "{p}");
+}

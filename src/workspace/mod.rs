@@ -15,6 +15,7 @@ pub use redact::{secret_texts, Redactor};
 pub use watch::{Change, Edit, Watcher};
 
 use crate::dsl::{parse_automation, parse_yaml, Diagnostic};
+use crate::limits::named::{self, LimitSpec, NamedLimits};
 use crate::limits::Budgets;
 use crate::runtime::Automation;
 use crate::value::{Map, Value};
@@ -51,6 +52,13 @@ pub struct Workspace {
     /// What one execution may use: the settings' budgets with the workspace's
     /// `sluice_max_*` secrets applied when the runtime installs it.
     pub budgets: Budgets,
+    /// The named limits `workspace.yml` declares (SPEC section 7).
+    pub limits: Vec<LimitSpec>,
+    /// Where they are declared, to locate problems found once the shared ones are known.
+    pub limits_file: Option<PathBuf>,
+    /// The live registry of those limits, set by the runtime that installs the workspace
+    /// (it outlives reloads, so a reload keeps what is used and held).
+    pub named: Option<NamedLimits>,
 }
 
 impl Workspace {
@@ -225,6 +233,8 @@ pub fn load_with(
     };
     let mut name = id.clone();
     let mut config = Value::empty_object();
+    let mut limits = Vec::new();
+    let mut limits_file = None;
     let mut automations: HashMap<String, Arc<Automation>> = HashMap::new();
     let mut diagnostics = Vec::new();
     // Kept to locate calls to missing automations once every slug is known.
@@ -239,11 +249,13 @@ pub fn load_with(
         let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
         if stem == "workspace" {
             match workspace_file(&file, &text, &secrets) {
-                Ok((n, c)) => {
+                Ok((n, c, l)) => {
                     name = n.unwrap_or(name);
                     config = c;
+                    limits = l;
+                    limits_file = Some(file.clone());
                 }
-                Err(d) => errors.push(d),
+                Err(d) => errors.extend(d),
             }
             continue;
         }
@@ -300,7 +312,45 @@ pub fn load_with(
         global: Arc::default(),
         diagnostics,
         budgets: Budgets::default(),
+        limits,
+        limits_file,
+        named: None,
     })
+}
+
+impl Workspace {
+    /// The problems of its named limits that need the operator's `shared_limits` to be
+    /// seen: a declaration that takes a shared name, and uses of limits declared nowhere.
+    pub fn limit_diagnostics(&self, shared: &[LimitSpec]) -> Vec<Diagnostic> {
+        let mut found = Vec::new();
+        let taken = named::spec::check_not_shared(&self.limits, shared, &["limits"]);
+        if let (Some(file), false) = (&self.limits_file, taken.is_empty()) {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            for e in taken {
+                let (line, column) = crate::dsl::locate_path(&text, &e.path);
+                found.push(Diagnostic {
+                    file: file.clone(),
+                    line,
+                    column,
+                    message: e.message,
+                });
+            }
+        }
+        let mut names: Vec<&str> = self.limits.iter().map(|l| &*l.name).collect();
+        names.extend(shared.iter().map(|l| &*l.name));
+        names.sort_unstable();
+        let known = |n: &str| names.contains(&n);
+        let mut sorted: Vec<&Arc<Automation>> = self.automations.values().collect();
+        sorted.sort_by(|a, b| a.slug.cmp(&b.slug));
+        for a in sorted {
+            for (u, span) in crate::runtime::limit_uses(a) {
+                if let Some(e) = u.check_known(&known, &names) {
+                    found.push(Diagnostic::at(span, e.message));
+                }
+            }
+        }
+        found
+    }
 }
 
 /// The calls to automations that are not in `automations` (or are disabled),
@@ -330,15 +380,15 @@ fn missing_calls(automations: &HashMap<String, Arc<Automation>>) -> Vec<Diagnost
     found
 }
 
-/// Reads `workspace.yml`: its `name` and its `config`, whose `{{secret.x}}`
-/// templates are resolved once here.
+/// Reads `workspace.yml`: its `name`, its `config`, whose `{{secret.x}}`
+/// templates are resolved once here, and its named `limits`.
 fn workspace_file(
     file: &Path,
     text: &str,
     secrets: &Map,
-) -> Result<(Option<String>, Value), Diagnostic> {
-    let Value::Object(m) = parse_yaml(file, text, true)? else {
-        return Err(diag(file, "workspace.yml must be a mapping".into()));
+) -> Result<(Option<String>, Value, Vec<LimitSpec>), Vec<Diagnostic>> {
+    let Value::Object(m) = parse_yaml(file, text, true).map_err(|d| vec![d])? else {
+        return Err(vec![diag(file, "workspace.yml must be a mapping".into())]);
     };
     let name = m.get("name").and_then(Value::as_str).map(str::to_string);
     let config = match m.get("config") {
@@ -349,16 +399,32 @@ fn workspace_file(
             resolve_config(c, &Value::object(scope)).map_err(|e| {
                 let mut loc = crate::dsl::Locator::new(text);
                 let (line, column) = loc.find_key("config");
-                Diagnostic {
+                vec![Diagnostic {
                     file: file.to_path_buf(),
                     line,
                     column,
                     message: format!("in config: {e}"),
-                }
+                }]
             })?
         }
     };
-    Ok((name, config))
+    let limits =
+        named::spec::parse_limits(m.get("limits").unwrap_or(&Value::Undefined), &["limits"])
+            .map_err(|errors| {
+                errors
+                    .into_iter()
+                    .map(|e| {
+                        let (line, column) = crate::dsl::locate_path(text, &e.path);
+                        Diagnostic {
+                            file: file.to_path_buf(),
+                            line,
+                            column,
+                            message: e.to_string(),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })?;
+    Ok((name, config, limits))
 }
 
 /// Resolves templates in config values against `scope` (`{secret: ...}`).
@@ -470,7 +536,7 @@ mod tests {
         assert!(
             found[0].ends_with(
                 "a.yml:3:5: unknown instruction or automation `nobody`; expected one of set, \
-                 delete, conditions, repeat, all, break, emit, wait, fetch, charge, comment, a, b"
+                 delete, conditions, repeat, all, break, emit, wait, fetch, charge, acquire, comment, a, b"
             ),
             "{found:?}"
         );

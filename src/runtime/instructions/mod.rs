@@ -130,6 +130,7 @@ registry! {
     wait::Wait,
     fetch::Fetch,
     charge::Charge,
+    acquire::Acquire,
 }
 
 pub(crate) use wait::matches_condition;
@@ -212,6 +213,19 @@ impl Instruction {
         Ok(Box::pin(async move {
             run.await.map_err(|e| x.locate(e, &self.span))
         }))
+    }
+
+    /// The named limit an `acquire` takes.
+    pub(crate) fn limit_use(&self) -> Option<&crate::limits::named::Use> {
+        match &self.op {
+            Op::Acquire(a) => Some(a.limit_use()),
+            _ => None,
+        }
+    }
+
+    /// The instruction lists nested inside.
+    pub(crate) fn nested(&self) -> Vec<&[Instruction]> {
+        self.op.blocks()
     }
 
     /// Whether this instruction fails whenever it runs.
