@@ -254,7 +254,7 @@ fn render_quotas(out: &mut String, f: &Families) {
 /// and limit; the shared limits come under `workspace=""`, their counters covering all.
 pub fn render_named(limits: &[(String, Vec<crate::limits::named::LimitView>)]) -> String {
     type Field = fn(&crate::limits::named::Snapshot) -> String;
-    let families: [(&str, &str, &str, Field); 5] = [
+    let families: [(&str, &str, &str, Field); 7] = [
         (
             "sluice_named_limit_waits_total",
             "counter",
@@ -285,6 +285,18 @@ pub fn render_named(limits: &[(String, Vec<crate::limits::named::LimitView>)]) -
             "Acquisitions waiting for a named limit now.",
             |s| s.waiters.values().sum::<usize>().to_string(),
         ),
+        (
+            "sluice_named_limit_cluster_holders",
+            "gauge",
+            "Slots of a cluster limit held across every instance (0 for instance limits).",
+            |s| s.cluster.as_ref().map_or(0, |c| c.holders).to_string(),
+        ),
+        (
+            "sluice_named_limit_cluster_waiters",
+            "gauge",
+            "Acquisitions of a cluster limit waiting across every instance (0 for instance limits).",
+            |s| s.cluster.as_ref().map_or(0, |c| c.waiters).to_string(),
+        ),
     ];
     let mut out = String::new();
     for (name, kind, help, field) in families {
@@ -297,6 +309,20 @@ pub fn render_named(limits: &[(String, Vec<crate::limits::named::LimitView>)]) -
                     escape(ws),
                     escape(&v.name),
                     field(&v.state)
+                );
+            }
+        }
+    }
+    out.push_str("# HELP sluice_named_limit_cluster_owner The instance that grants a cluster limit (value 1).\n# TYPE sluice_named_limit_cluster_owner gauge\n");
+    for (ws, views) in limits {
+        for v in views {
+            if let Some(c) = &v.state.cluster {
+                let _ = writeln!(
+                    out,
+                    "sluice_named_limit_cluster_owner{{workspace=\"{}\",limit=\"{}\",owner=\"{}\"}} 1",
+                    escape(ws),
+                    escape(&v.name),
+                    escape(&c.owner)
                 );
             }
         }

@@ -241,6 +241,9 @@ impl Server {
         };
         let runtime = Runtime::with_metrics(settings.clone(), bus.clone(), metrics)
             .map_err(ServeError::Runtime)?;
+        if let Some(cluster) = &cluster_limits {
+            runtime.attach_cluster(cluster.clone());
+        }
         // Before any workspace is installed: installing applies its quota secrets.
         runtime.set_quotas(usage::open(&settings).await?);
         let library = Arc::new(Library::new(runtime.clone(), &settings));
@@ -265,8 +268,8 @@ impl Server {
         })
     }
 
-    /// The cluster limits of this instance, with NATS: attach them to the named-limit
-    /// registries (`NamedLimits::attach_cluster`) so `scope: cluster` limits hold cluster-wide.
+    /// The cluster limits of this instance, with NATS (attached to the runtime's named
+    /// limits, so `scope: cluster` limits hold cluster-wide).
     pub fn cluster_limits(&self) -> Option<&Arc<ClusterLimits>> {
         self.cluster_limits.as_ref()
     }

@@ -4,6 +4,7 @@
 //! live state.
 
 use super::{auth, error, AppState};
+use crate::limits::named::spec::Scope;
 use crate::limits::named::{LimitView, Number};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -46,6 +47,10 @@ fn limit(v: &LimitView, origin: &str) -> Json_ {
         "waitSeconds": s.wait_seconds,
         "refusals": s.refusals,
     });
+    // A cluster limit: who grants it and what waits and holds across every instance.
+    if let Some(c) = &s.cluster {
+        out["cluster"] = json!({"owner": c.owner, "holders": c.holders, "waiters": c.waiters});
+    }
     let Some(spec) = &v.spec else {
         out["origin"] = json!("inline");
         return out;
@@ -73,6 +78,13 @@ fn limit(v: &LimitView, origin: &str) -> Json_ {
         ("keyed", json!(spec.key.is_some())),
         ("lanes", Json_::Object(lanes)),
         ("shadow", json!(spec.shadow)),
+        (
+            "scope",
+            json!(match spec.scope {
+                Scope::Instance => "instance",
+                Scope::Cluster => "cluster",
+            }),
+        ),
     ] {
         out[k] = value;
     }

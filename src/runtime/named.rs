@@ -148,4 +148,10 @@ impl super::Runtime {
     pub fn sweep_named(&self) -> usize {
         self.inner.sweep_named()
     }
+
+    /// Enforces every `scope: cluster` limit (shared or of a workspace) across the cluster
+    /// through `cluster`: workspace registries ask through their shared registry's handle.
+    pub fn attach_cluster(&self, cluster: std::sync::Arc<crate::limits::cluster::ClusterLimits>) {
+        self.inner.shared.attach_cluster(cluster);
+    }
 }
