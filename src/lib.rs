@@ -14,6 +14,9 @@
 //! - [`server`]: `sluice serve` wiring: watcher, schedules, shutdown.
 //! - [`cli`]: the `run`, `validate` and `serve` commands.
 
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
 pub mod bus;
 pub mod cli;
 pub mod config;

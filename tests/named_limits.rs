@@ -2,6 +2,10 @@
 //! heap (an allocator wrapper), so the figure is exact and independent of how the system
 //! allocator returns pages. Its own binary: no other test allocates meanwhile.
 
+// A counting `GlobalAlloc` is an `unsafe impl` by definition; the library itself forbids
+// unsafe code (src/lib.rs).
+#![allow(unsafe_code)]
+
 use sluice::limits::named::{Ask, NamedLimits};
 use sluice::limits::{FakeClock, TimeSource};
 use std::alloc::{GlobalAlloc, Layout, System};

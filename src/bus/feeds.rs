@@ -20,7 +20,7 @@ pub type EventFilter = Box<dyn Fn(&Event) -> bool + Send + Sync>;
 
 /// The watchers of every workspace, shared by a bus and its subscriptions.
 #[derive(Default)]
-pub struct Feeds {
+pub(super) struct Feeds {
     workspaces: RwLock<HashMap<String, Feed>>,
     /// Live subscriptions of any kind, so `is_watched` costs one load.
     live: AtomicUsize,
@@ -48,12 +48,12 @@ impl Feed {
 
 impl Feeds {
     /// Whether anyone watches any workspace.
-    pub fn is_watched(&self) -> bool {
+    pub(super) fn is_watched(&self) -> bool {
         self.live.load(Ordering::Relaxed) > 0
     }
 
     /// Hands `event` to the watchers of its workspace; never blocks.
-    pub fn send(&self, event: &Arc<Event>) {
+    pub(super) fn send(&self, event: &Arc<Event>) {
         if !self.is_watched() {
             return;
         }
@@ -74,7 +74,7 @@ impl Feeds {
     }
 
     /// Subscribes to every event of `workspace`.
-    pub fn watch(self: &Arc<Self>, workspace: &str) -> Watch {
+    pub(super) fn watch(self: &Arc<Self>, workspace: &str) -> Watch {
         let mut workspaces = self.workspaces.write().unwrap_or_else(|p| p.into_inner());
         let feed = workspaces.entry(workspace.to_string()).or_default();
         let rx = match &feed.stream {
@@ -94,7 +94,7 @@ impl Feeds {
     }
 
     /// Registers a waiter for the first event of `workspace` that `filter` accepts.
-    pub fn wait_for(self: &Arc<Self>, workspace: &str, filter: EventFilter) -> Waiter {
+    pub(super) fn wait_for(self: &Arc<Self>, workspace: &str, filter: EventFilter) -> Waiter {
         let (slot, rx) = mpsc::channel(1);
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.workspaces

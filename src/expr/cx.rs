@@ -65,7 +65,7 @@ pub(crate) fn string_too_long(budgets: &Budgets, len: usize) -> BudgetExceeded {
 
 impl Cx<'_> {
     /// An evaluation error for this expression.
-    pub fn fail(&self, message: impl Into<String>) -> ExprError {
+    pub(super) fn fail(&self, message: impl Into<String>) -> ExprError {
         ExprError::Eval {
             message: message.into(),
             text: self.text.to_string(),
@@ -73,7 +73,7 @@ impl Cx<'_> {
     }
 
     /// The [`ExprError`] for a [`Failure`] in this expression.
-    pub fn failure(&self, f: Failure) -> ExprError {
+    pub(super) fn failure(&self, f: Failure) -> ExprError {
         match f {
             Failure::Message(m) => self.fail(m),
             Failure::Budget(e) => ExprError::Budget(e),
@@ -81,17 +81,17 @@ impl Cx<'_> {
     }
 
     /// Refuses a produced string of `len` bytes over the `max_string_bytes` budget.
-    pub fn check_len(&self, len: usize) -> Result<(), ExprError> {
+    pub(super) fn check_len(&self, len: usize) -> Result<(), ExprError> {
         check_string_len(self.budgets, len).map_err(ExprError::Budget)
     }
 
     /// The error for text that went past `max_string_bytes` while being written.
-    pub fn too_long(&self, TooLong(len): TooLong) -> ExprError {
+    pub(super) fn too_long(&self, TooLong(len): TooLong) -> ExprError {
         ExprError::Budget(string_too_long(self.budgets, len))
     }
 
     /// Refuses a produced list or object of `n` entries over the `max_entries` budget.
-    pub fn check_entries(&self, n: usize) -> Result<(), ExprError> {
+    pub(super) fn check_entries(&self, n: usize) -> Result<(), ExprError> {
         if n > self.budgets.max_entries {
             return Err(ExprError::Budget(BudgetExceeded::new(
                 self.budgets,

@@ -57,12 +57,12 @@ impl Func {
         ("truncate", Func::Truncate),
     ];
 
-    pub fn from_name(name: &str) -> Option<Func> {
+    pub(super) fn from_name(name: &str) -> Option<Func> {
         Func::ALL.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
     }
 
     /// The names of every function, for "did you mean".
-    pub fn names() -> Vec<&'static str> {
+    pub(super) fn names() -> Vec<&'static str> {
         Func::ALL.iter().map(|(n, _)| *n).collect()
     }
 }

@@ -40,13 +40,13 @@ thread_local! {
 
 impl CompiledRegex {
     /// `new RegExp(source)`.
-    pub fn source(source: &str, budgets: &Budgets) -> Result<CompiledRegex, Failure> {
+    pub(super) fn source(source: &str, budgets: &Budgets) -> Result<CompiledRegex, Failure> {
         Self::with_flags(source, "", budgets)
     }
 
     /// `new RegExp(source, flags)`; `g`, `y`, `u` and `d` do not change a match test.
     /// The source and the compiled program must both fit `max_regex_bytes`.
-    pub fn with_flags(
+    pub(super) fn with_flags(
         source: &str,
         flags: &str,
         budgets: &Budgets,

@@ -52,7 +52,7 @@ fn current(state: &AppState, ws: &str) -> Result<Map, ApiError> {
 }
 
 /// `GET`: the names of the workspace's secrets.
-pub async fn read(
+pub(super) async fn read(
     State(state): State<AppState>,
     Path(ws): Path<String>,
     headers: HeaderMap,
@@ -64,7 +64,7 @@ pub async fn read(
 }
 
 /// `PUT`: replaces all secrets with the JSON object of the body.
-pub async fn replace(
+pub(super) async fn replace(
     State(state): State<AppState>,
     Path(ws): Path<String>,
     headers: HeaderMap,
@@ -74,7 +74,7 @@ pub async fn replace(
 }
 
 /// `PATCH`: sets the given keys; a `null` value removes a key.
-pub async fn merge(
+pub(super) async fn merge(
     State(state): State<AppState>,
     Path(ws): Path<String>,
     headers: HeaderMap,

@@ -6,7 +6,7 @@ use super::{ErrorKind, ExecError};
 use crate::value::{Map, Value};
 
 /// Checks `locals` against `{type: object, properties: arguments}`.
-pub fn validate(arguments: Option<&Value>, locals: &Map) -> Result<(), ExecError> {
+pub(super) fn validate(arguments: Option<&Value>, locals: &Map) -> Result<(), ExecError> {
     let Some(Value::Object(props)) = arguments else {
         return Ok(());
     };

@@ -20,13 +20,13 @@ struct Entry {
 
 /// The waits that cancel the listeners of the event they take.
 #[derive(Default)]
-pub struct Cancels {
+pub(super) struct Cancels {
     entries: Mutex<Vec<Entry>>,
     next: AtomicU64,
 }
 
 /// Removes its registration when the wait ends.
-pub struct Registration {
+pub(super) struct Registration {
     cancels: Arc<Cancels>,
     id: u64,
 }
@@ -46,7 +46,11 @@ impl Cancels {
     }
 
     /// Registers a wait's cancelling conditions for `workspace`.
-    pub fn register(self: &Arc<Self>, workspace: &str, conditions: Vec<Map>) -> Registration {
+    pub(super) fn register(
+        self: &Arc<Self>,
+        workspace: &str,
+        conditions: Vec<Map>,
+    ) -> Registration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.entries
             .lock()
@@ -64,7 +68,7 @@ impl Cancels {
 
     /// Whether a waiting automation takes `event` and cancels its listeners;
     /// that wait's registration is used up.
-    pub fn take(&self, event: &Event) -> bool {
+    pub(super) fn take(&self, event: &Event) -> bool {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.is_empty() {
             return false;

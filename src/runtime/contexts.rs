@@ -43,7 +43,7 @@ impl RunState {
 
 /// Run states by correlation id.
 #[derive(Default)]
-pub struct RunRegistry {
+pub(super) struct RunRegistry {
     runs: Mutex<Runs>,
 }
 
@@ -55,7 +55,7 @@ struct Runs {
 
 impl RunRegistry {
     /// The state of `correlation_id`, created when new.
-    pub fn get(&self, correlation_id: &str) -> Arc<RunState> {
+    pub(super) fn get(&self, correlation_id: &str) -> Arc<RunState> {
         let now = Instant::now();
         let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((state, used)) = runs.by_id.get_mut(correlation_id) {

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 /// How a block ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flow {
+pub(super) enum Flow {
     /// Ran to its end.
     Continue,
     /// Stopped by `break`; `all` when the callers stop too.
@@ -33,7 +33,7 @@ pub enum Flow {
 }
 
 /// A running automation.
-pub struct Exec<'a> {
+pub(super) struct Exec<'a> {
     rt: &'a Inner,
     x: &'a Execution,
     limits: WorkspaceLimits,

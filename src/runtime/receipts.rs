@@ -14,13 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// Store answers one execution may have outstanding.
-pub const WINDOW: usize = 256;
+pub(super) const WINDOW: usize = 256;
 
 type Pending = BoxFuture<'static, Result<(), BusError>>;
 
 /// The outstanding store answers of one execution (shared by its `all` branches).
 #[derive(Default)]
-pub struct Receipts {
+pub(super) struct Receipts {
     pending: Mutex<VecDeque<Pending>>,
     sent: AtomicU64,
     stored: AtomicU64,
@@ -29,7 +29,7 @@ pub struct Receipts {
 impl Receipts {
     /// Keeps `receipt` until the end of the execution; with the window full,
     /// first waits for the oldest answer, and fails if that event was not stored.
-    pub async fn hold(&self, receipt: Receipt) -> Result<(), ExecError> {
+    pub(super) async fn hold(&self, receipt: Receipt) -> Result<(), ExecError> {
         self.sent.fetch_add(1, Ordering::Relaxed);
         let Some(stored) = receipt.into_pending() else {
             self.stored.fetch_add(1, Ordering::Relaxed);
@@ -51,7 +51,7 @@ impl Receipts {
     }
 
     /// Waits for every outstanding answer; fails if any event was not stored.
-    pub async fn collect(&self) -> Result<(), ExecError> {
+    pub(super) async fn collect(&self) -> Result<(), ExecError> {
         let mut first_error = None;
         // Bounded: each turn takes one of the finitely many held answers.
         loop {

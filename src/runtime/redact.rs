@@ -23,7 +23,7 @@ struct LogSecrets {
 static LOG_SECRETS: RwLock<Option<LogSecrets>> = RwLock::new(None);
 
 /// Records the secrets of workspace `id` (`None` once it is removed) for the logs.
-pub fn log_secrets(id: &str, redactor: Option<&Redactor>) {
+pub(super) fn log_secrets(id: &str, redactor: Option<&Redactor>) {
     let mut guard = LOG_SECRETS.write().unwrap_or_else(|p| p.into_inner());
     let logs = guard.get_or_insert_with(LogSecrets::default);
     let changed = match redactor {
@@ -77,7 +77,7 @@ impl std::io::Write for RedactedStderr {
 }
 
 /// The names of the arguments declared `secret: true`.
-pub fn secret_arguments(arguments: Option<&Value>) -> Vec<String> {
+pub(super) fn secret_arguments(arguments: Option<&Value>) -> Vec<String> {
     let Some(Value::Object(args)) = arguments else {
         return Vec::new();
     };
@@ -95,7 +95,11 @@ pub fn secret_arguments(arguments: Option<&Value>) -> Vec<String> {
 /// The trigger payload as executed events show it: secret arguments hidden
 /// whole and, for a webhook, only the request headers in `headers` (names
 /// in lower case). Secret texts are hidden later, with the whole event.
-pub fn trigger_payload(payload: &Map, arguments: &[String], headers: Option<&[String]>) -> Map {
+pub(super) fn trigger_payload(
+    payload: &Map,
+    arguments: &[String],
+    headers: Option<&[String]>,
+) -> Map {
     let mut out = Map::with_capacity(payload.len());
     for (k, v) in payload {
         let v = if arguments.contains(k) {

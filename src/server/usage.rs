@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 /// The event a workspace receives when it enters a band.
-pub const BAND_EVENT: &str = "runtime.quota.band";
+pub(super) const BAND_EVENT: &str = "runtime.quota.band";
 
 /// The quotas of `settings` over their store: shared through NATS when `nats_url` is set.
 pub(super) async fn open(settings: &Settings) -> Result<Quotas, ServeError> {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/nats-test-server.sh");
 
 /// A nats-server with JetStream, stopped on drop.
-pub struct NatsServer {
+pub(crate) struct NatsServer {
     pub url: String,
     pidfile: PathBuf,
     /// `--port` and `--store` of a server that can be stopped and started again.
@@ -21,19 +21,19 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    pub fn start() -> NatsServer {
+    pub(crate) fn start() -> NatsServer {
         Self::launch(None)
     }
 
     /// A server on a fixed port and store, so that [`NatsServer::stop`] then
     /// [`NatsServer::restart`] bring it back where clients reconnect, streams kept.
-    pub fn restartable() -> NatsServer {
+    pub(crate) fn restartable() -> NatsServer {
         let store = tempfile::tempdir().unwrap().keep();
         Self::launch(Some((free_port(), store)))
     }
 
     /// Stops the server (as on drop); clients see it go away.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         let out = Command::new("bash")
             .arg(SCRIPT)
             .arg("stop")
@@ -48,7 +48,7 @@ impl NatsServer {
     }
 
     /// Starts a stopped restartable server again on its port and store.
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         let again = Self::launch(self.fixed.take());
         assert_eq!(again.url, self.url);
         *self = again;
@@ -100,7 +100,7 @@ impl Drop for NatsServer {
     }
 }
 
-pub struct Serve {
+pub(crate) struct Serve {
     pub child: Child,
     pub base: String,
     pub logs: Arc<Mutex<String>>,
@@ -145,7 +145,7 @@ fn child_exited(child: &mut Child) -> bool {
 /// An HTTP endpoint on 127.0.0.1 that tells the test each time it is fetched: its URL and
 /// the receiving end. An automation fetches it first so that the test knows the run started,
 /// instead of sleeping and hoping it did.
-pub fn started_signal() -> (String, std::sync::mpsc::Receiver<()>) {
+pub(crate) fn started_signal() -> (String, std::sync::mpsc::Receiver<()>) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/started", listener.local_addr().unwrap());
@@ -164,7 +164,7 @@ pub fn started_signal() -> (String, std::sync::mpsc::Receiver<()>) {
     (url, rx)
 }
 
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -173,32 +173,32 @@ pub fn free_port() -> u16 {
 }
 
 /// Writes `text` as `automations/demo/<name>` under `root`.
-pub fn write(root: &Path, name: &str, text: &str) {
+pub(crate) fn write(root: &Path, name: &str, text: &str) {
     put(root, "demo", name, text);
 }
 
 /// Writes `text` as `automations/<ws>/<name>` under `root`.
-pub fn put(root: &Path, ws: &str, name: &str, text: &str) {
+pub(crate) fn put(root: &Path, ws: &str, name: &str, text: &str) {
     let dir = root.join("automations").join(ws);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join(name), text).unwrap();
 }
 
 /// Writes `text` as the secrets file of `ws` under `root/secrets`.
-pub fn secrets(root: &Path, ws: &str, text: &str) {
+pub(crate) fn secrets(root: &Path, ws: &str, text: &str) {
     let dir = root.join("secrets");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join(format!("{ws}.yml")), text).unwrap();
 }
 
-pub fn get(url: &str) -> Option<(u16, String)> {
+pub(crate) fn get(url: &str) -> Option<(u16, String)> {
     let r = reqwest::blocking::get(url).ok()?;
     let status = r.status().as_u16();
     Some((status, r.text().unwrap_or_default()))
 }
 
 /// Polls `f` every 50 ms until it is true or `limit` passes; returns the time it took.
-pub fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+pub(crate) fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < limit {
         if f() {
@@ -210,18 +210,18 @@ pub fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> 
 }
 
 /// `sluice serve` over `root` with `settings` (YAML) as its `--config` file.
-pub fn serve_configured(root: &Path, settings: &str, env: &[(&str, &str)]) -> Serve {
+pub(crate) fn serve_configured(root: &Path, settings: &str, env: &[(&str, &str)]) -> Serve {
     let file = root.join("settings.yml");
     std::fs::write(&file, settings).unwrap();
     serve_with(root, env, &["--config", file.to_str().unwrap()])
 }
 
-pub fn serve(root: &Path) -> Serve {
+pub(crate) fn serve(root: &Path) -> Serve {
     serve_with(root, &[], &[])
 }
 
 /// `sluice serve` over `root` with extra environment variables and arguments.
-pub fn serve_with(root: &Path, env: &[(&str, &str)], args: &[&str]) -> Serve {
+pub(crate) fn serve_with(root: &Path, env: &[(&str, &str)], args: &[&str]) -> Serve {
     // Port 0: the server binds a free port itself and logs it, so no other process can
     // take the port between a test choosing it and the server binding it.
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))

@@ -36,7 +36,7 @@ pub(super) struct Changes {
 
 impl Holders {
     /// Records a slot granted at `now`.
-    pub fn granted(&mut self, holder: &HolderId, key: &str, now: Duration) {
+    pub(super) fn granted(&mut self, holder: &HolderId, key: &str, now: Duration) {
         // A grant does not prove the instance alive (it may have been queued before it died):
         // only a new instance gets a lease period from now to heartbeat.
         let instance = self
@@ -50,7 +50,7 @@ impl Holders {
     }
 
     /// Forgets a released slot; returns its key if it was held.
-    pub fn released(&mut self, holder: &HolderId) -> Option<String> {
+    pub(super) fn released(&mut self, holder: &HolderId) -> Option<String> {
         let instance = self.instances.get_mut(&holder.instance)?;
         instance.held.remove(&holder.request).map(|(key, _)| key)
     }
@@ -58,7 +58,7 @@ impl Holders {
     /// Records `instance`'s heartbeat listing `listed`, at `now`. Slots it holds that are
     /// not listed and older than `grace` are freed (the heartbeat may have left before a
     /// younger grant arrived).
-    pub fn heartbeat(
+    pub(super) fn heartbeat(
         &mut self,
         instance: &str,
         listed: &[(HolderId, String)],
@@ -101,7 +101,7 @@ impl Holders {
     }
 
     /// Frees the slots of instances silent for `lease` or more at `now`.
-    pub fn expire(&mut self, now: Duration, lease: Duration) -> Vec<(HolderId, String)> {
+    pub(super) fn expire(&mut self, now: Duration, lease: Duration) -> Vec<(HolderId, String)> {
         let mut freed = Vec::new();
         self.instances.retain(|name, instance| {
             if now.saturating_sub(instance.last_seen) < lease {
@@ -122,7 +122,7 @@ impl Holders {
     }
 
     /// How many slots are held across the cluster.
-    pub fn held(&self) -> usize {
+    pub(super) fn held(&self) -> usize {
         self.instances.values().map(|i| i.held.len()).sum()
     }
 }

@@ -42,7 +42,7 @@ pub(super) enum Holder {
 
 impl Leases {
     /// Creates the bucket if needed.
-    pub async fn open(
+    pub(super) async fn open(
         client: async_nats::Client,
         settings: &ClusterSettings,
         instance: &str,
@@ -80,7 +80,7 @@ impl Leases {
 
     /// Takes the lease of `limit` if it is free (or already this instance's), else says
     /// who holds it.
-    pub async fn take(&self, limit: &LimitRef) -> Result<Holder, ClusterError> {
+    pub(super) async fn take(&self, limit: &LimitRef) -> Result<Holder, ClusterError> {
         let store = self.store().await?;
         let key = limit.token();
         let entry = store
@@ -102,13 +102,13 @@ impl Leases {
     }
 
     /// Renews this instance's lease of `limit` at `revision`; fails if it was lost.
-    pub async fn renew(&self, limit: &LimitRef, revision: u64) -> Result<u64, ClusterError> {
+    pub(super) async fn renew(&self, limit: &LimitRef, revision: u64) -> Result<u64, ClusterError> {
         let store = self.store().await?;
         self.write(&store, &limit.token(), revision).await
     }
 
     /// Gives the lease up at once, if it is still at `revision`.
-    pub async fn resign(&self, limit: &LimitRef, revision: u64) {
+    pub(super) async fn resign(&self, limit: &LimitRef, revision: u64) {
         if let Ok(store) = self.store().await {
             let _ = store
                 .delete_expect_revision(limit.token(), Some(revision))

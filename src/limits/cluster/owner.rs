@@ -82,7 +82,7 @@ impl Drop for HandBack {
 
 impl Owner {
     /// Serves the limit until `stop` fires or is dropped.
-    pub async fn serve(self, mut stop: oneshot::Receiver<()>) -> Result<(), ClusterError> {
+    pub(super) async fn serve(self, mut stop: oneshot::Receiver<()>) -> Result<(), ClusterError> {
         let mut messages = self
             .client
             .subscribe(wire::subject(&self.limit))

@@ -46,7 +46,7 @@ struct Counters {
 }
 
 /// A named limit with its keys.
-pub struct Limit {
+pub(super) struct Limit {
     name: Arc<str>,
     time: TimeSource,
     shards: Box<[Mutex<Shard>]>,

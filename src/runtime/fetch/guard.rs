@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 /// Why a connection is refused; `Display` is the fetch error the automation sees.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum Refused {
+pub(super) enum Refused {
     /// The address is in `fetch.deny_networks`.
     #[error("fetch to {0} refused: address in fetch.deny_networks ({1})")]
     Denied(IpAddr, IpNet),
@@ -32,7 +32,7 @@ pub enum Refused {
 
 /// The networks `fetch` may reach, from the `fetch` and `listen` settings.
 #[derive(Debug, Clone)]
-pub struct NetworkGuard {
+pub(super) struct NetworkGuard {
     allow: Vec<IpNet>,
     deny: Vec<IpNet>,
     /// Sluice's own server: the networks it answers on, each with its port.
@@ -42,7 +42,7 @@ pub struct NetworkGuard {
 
 impl NetworkGuard {
     /// The guard of these settings.
-    pub fn new(settings: &Settings) -> NetworkGuard {
+    pub(super) fn new(settings: &Settings) -> NetworkGuard {
         NetworkGuard {
             allow: settings.fetch.allow_networks.clone(),
             deny: settings.fetch.deny_networks.clone(),
@@ -52,7 +52,7 @@ impl NetworkGuard {
     }
 
     /// Whether a connection to `addr` is allowed.
-    pub fn check(&self, addr: SocketAddr) -> Result<(), Refused> {
+    pub(super) fn check(&self, addr: SocketAddr) -> Result<(), Refused> {
         self.check_ip(addr.ip())?;
         let ip = destination(addr.ip());
         if self
@@ -66,7 +66,7 @@ impl NetworkGuard {
     }
 
     /// Whether `ip` is allowed by the network lists, whatever the port.
-    pub fn check_ip(&self, ip: IpAddr) -> Result<(), Refused> {
+    pub(super) fn check_ip(&self, ip: IpAddr) -> Result<(), Refused> {
         let effective = destination(ip);
         if let Some(net) = self.deny.iter().find(|n| n.contains(&effective)) {
             return Err(Refused::Denied(ip, *net));
@@ -102,7 +102,7 @@ impl NetworkGuard {
     }
 
     /// Checks a request's URL before it is sent.
-    pub async fn check_url(&self, url: &Url) -> Result<(), Refused> {
+    pub(super) async fn check_url(&self, url: &Url) -> Result<(), Refused> {
         let mut found = Vec::new();
         if let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) {
             if literal(host).is_none() && self.is_own_port(port) {
@@ -116,7 +116,7 @@ impl NetworkGuard {
     }
 
     /// The redirect policy: reqwest's default (at most 10 hops) after checking each target.
-    pub fn redirect_policy(self: Arc<Self>) -> reqwest::redirect::Policy {
+    pub(super) fn redirect_policy(self: Arc<Self>) -> reqwest::redirect::Policy {
         let default = reqwest::redirect::Policy::default();
         reqwest::redirect::Policy::custom(move |attempt| {
             // The policy is synchronous; the lookup runs only for a name on sluice's own
@@ -184,7 +184,7 @@ fn own_endpoints(listen: &str) -> Vec<(IpNet, u16)> {
 }
 
 /// The system resolver, keeping only the addresses the guard allows.
-pub struct GuardedResolver(pub Arc<NetworkGuard>);
+pub(super) struct GuardedResolver(pub Arc<NetworkGuard>);
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
