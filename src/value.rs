@@ -174,6 +174,15 @@ impl Value {
     }
 }
 
+/// Whether `name` is `[A-Za-z0-9_-]{1,64}`: the rule of workspace ids and limit names,
+/// here because both modules that name things depend on this one.
+pub fn is_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// A number as JSON: integral values in the safe range as integers (so `5` is not
 /// written `5.0`), non-finite values as `null`.
 pub fn number_to_json(n: f64) -> serde_json::Value {

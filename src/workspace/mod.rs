@@ -117,10 +117,7 @@ pub fn secrets_file(secrets: &Path, id: &str) -> PathBuf {
 
 /// Whether `id` is a valid workspace id (`[A-Za-z0-9_-]{1,64}`).
 pub fn valid_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    crate::value::is_name(id)
 }
 
 fn diag(file: &Path, message: String) -> Diagnostic {

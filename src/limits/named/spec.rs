@@ -241,7 +241,7 @@ pub(super) fn check_name(name: &str, path: &[String]) -> Result<(), SpecError> {
             ),
         ));
     }
-    if !crate::workspace::valid_id(name) {
+    if !crate::value::is_name(name) {
         return Err(err(path, format!("`{name}` is not a valid limit name; expected 1 to 64 of A-Z, a-z, 0-9, `_` and `-`")));
     }
     Ok(())
