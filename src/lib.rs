@@ -5,8 +5,12 @@
 //! - [`expr`]: `{{ }}` templates, `{% %}` expressions and variable paths.
 //! - [`dsl`]: automation files compiled into instructions, with diagnostics.
 //! - [`workspace`]: workspaces on disk, their config and secrets.
-//! - [`runtime`]: the interpreter and its contexts.
-//! - [`limits`]: per-workspace burst-capable limiters and throttle accounting.
+//! - [`runtime`]: the interpreter and its contexts; one file per instruction under
+//!   `runtime/instructions/` (its fields, checks and execution).
+//! - [`limits`]: per-workspace burst-capable limiters and throttle accounting; `limits::named`
+//!   the workspaces' own limits (keys, units, concurrency, lanes), `limits::cluster` the same
+//!   held across instances over NATS.
+//! - [`quota`]: credit quotas: plans, cycles, bands and durable usage.
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`bus`]: the event bus trait, its embedded and its NATS implementations.
 //! - [`config`]: settings from defaults, a file and the environment.
