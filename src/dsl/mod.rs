@@ -19,7 +19,7 @@ mod suggest;
 
 pub use compile::{describe, parse_automation, parse_yaml, Compiled, Compiler};
 pub use locate::{locate_path, Locator};
-pub use suggest::{did_you_mean, one_of};
+pub use suggest::one_of;
 
 use crate::expr::{ExprError, Scope, Template};
 use crate::value::{Map, Value};
