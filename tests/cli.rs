@@ -5,14 +5,8 @@ use serde_json::{json, Value as J};
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn sluice(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(args)
-        .env("RATE_LIMIT_DISABLED", "true")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
-}
+mod common;
+use common::sluice;
 
 fn workspace(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

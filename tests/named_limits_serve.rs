@@ -4,20 +4,10 @@
 
 use serde_json::Value as J;
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
 mod common;
-use common::{put, serve_with, within};
-
-fn sluice(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(args)
-        .env("RATE_LIMIT_DISABLED", "true")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
-}
+use common::{put, serve_with, sluice, within};
 
 /// `sluice run SLUG --report` over workspace `demo` of `root`: exit code and report.
 fn report(root: &Path, slug: &str, payload: &str) -> (i32, J) {

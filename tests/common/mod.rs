@@ -173,6 +173,16 @@ pub(crate) fn free_port() -> u16 {
 }
 
 /// Writes `text` as `automations/demo/<name>` under `root`.
+/// `sluice ARGS…` as a user runs it, with the built-in limits off and no log filter.
+pub(crate) fn sluice(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .env("RATE_LIMIT_DISABLED", "true")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
 pub(crate) fn write(root: &Path, name: &str, text: &str) {
     put(root, "demo", name, text);
 }
