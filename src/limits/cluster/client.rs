@@ -142,6 +142,9 @@ impl ClusterLimits {
         let _waiting = Waiting(limit.clone(), request);
         let started = Instant::now();
         let deadline = ask.wait.map(|w| started + w);
+        // With no owner yet, electing one is part of the answer's round trip: even `wait: 0`
+        // gives it as long as an owner's answer may take, rather than refusing an idle limit.
+        let elected_by = started + ANSWER_TIMEOUT;
         let subject = wire::subject(&ask.limit);
         // Whether the owner made it wait in line: only then is the time reported as waited.
         let mut queued = false;
@@ -166,15 +169,16 @@ impl ClusterLimits {
                         .timeout(Some(ANSWER_TIMEOUT)),
                 )
                 .await;
+            let no_owner = matches!(&sent, Err(e) if e.kind() == RequestErrorKind::NoResponders);
             let mut reply = match sent {
                 Ok(m) => wire::decode::<Reply>(&m.payload, "cluster limit answer").ok(),
                 Err(e) => {
-                    if e.kind() == RequestErrorKind::NoResponders {
+                    if no_owner {
                         // No owner: have the agent try to take the lease now.
                         limit.poke.notify_one();
                     }
                     if e.kind() != RequestErrorKind::TimedOut {
-                        pause(deadline).await;
+                        pause(answer_by(deadline, no_owner, elected_by)).await;
                     }
                     None
                 }
@@ -205,7 +209,7 @@ impl ClusterLimits {
                 Some(Reply::Moved) => pause(deadline).await,
                 _ => {}
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if answer_by(deadline, no_owner, elected_by).is_some_and(|d| Instant::now() >= d) {
                 return Err(Denied::Busy {
                     retry_after: Some(RETRY),
                 });
@@ -541,6 +545,12 @@ async fn heartbeat(shared: &Arc<Shared>, limit: &LimitRef, state: &Arc<Limit>) -
         }
     }
     true
+}
+
+/// When a request must have its answer: its deadline, or while no owner answers, no sooner
+/// than `elected_by`.
+fn answer_by(deadline: Option<Instant>, no_owner: bool, elected_by: Instant) -> Option<Instant> {
+    deadline.map(|d| if no_owner { d.max(elected_by) } else { d })
 }
 
 /// Sleeps [`RETRY`], or until `deadline` if sooner.
