@@ -7,18 +7,17 @@
 //! `scripts/nats-test-server.sh install`). Prints the median and p99 of the measured round
 //! trips and the acquisitions per second next to criterion's estimate.
 
+mod common;
+use common::{start_server, stop_server};
 use criterion::{criterion_group, criterion_main, Criterion};
 use sluice::limits::cluster::{ClusterLimits, ClusterSettings};
 use sluice::limits::named::spec::parse_limits;
 use sluice::limits::named::{Ask, ClusterEngine, NamedLimits};
 use sluice::limits::TimeSource;
 use sluice::value::Value;
-use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/nats-test-server.sh");
 const PIPELINE_TASKS: usize = 32;
 const PER_TASK: usize = 2000;
 
@@ -26,21 +25,6 @@ fn ask() -> Ask {
     let mut ask = Ask::new("bench", "");
     ask.wait = Some(Duration::from_secs(1));
     ask
-}
-
-fn start_server(pidfile: &Path) -> String {
-    let out = Command::new("bash")
-        .arg(SCRIPT)
-        .args(["start", "--jetstream", "--max-lifetime", "600", "--pidfile"])
-        .arg(pidfile)
-        .output()
-        .expect("run nats-test-server.sh");
-    assert!(
-        out.status.success(),
-        "nats-server did not start (run scripts/nats-test-server.sh install):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// An instance whose owner runs the real engine, with a cluster limit so generous (far
@@ -139,11 +123,7 @@ fn bench(c: &mut Criterion) {
     });
     println!("one owner granted {rate:.0} acquisitions/s to {PIPELINE_TASKS} pipelined tasks");
     drop(owner);
-    let _ = Command::new("bash")
-        .arg(SCRIPT)
-        .arg("stop")
-        .arg(&pidfile)
-        .output();
+    stop_server(&pidfile);
 }
 
 criterion_group!(benches, bench);

@@ -5,19 +5,17 @@
 //! `cargo bench --bench nats` (needs nats-server >= 2.11: `scripts/nats-test-server.sh install`).
 //! Prints the median and p99 of every measured emit next to criterion's estimate.
 
+mod common;
+use common::{start_server, stop_server};
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures::future::BoxFuture;
 use sluice::bus::{Bus, Event, EventHandler, NatsBus, Source};
 use sluice::config::NatsSettings;
 use sluice::metrics::Metrics;
 use sluice::value::Value;
-use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/nats-test-server.sh");
 
 /// Reports when the bus hands over an event: that is where listeners start.
 struct Started(mpsc::UnboundedSender<Instant>);
@@ -42,21 +40,6 @@ fn event(n: u64) -> Event {
         source,
         created_at: "2026-11-22T15:03:42.056Z".into(),
     }
-}
-
-fn start_server(pidfile: &Path) -> String {
-    let out = Command::new("bash")
-        .arg(SCRIPT)
-        .args(["start", "--jetstream", "--max-lifetime", "600", "--pidfile"])
-        .arg(pidfile)
-        .output()
-        .expect("run nats-test-server.sh");
-    assert!(
-        out.status.success(),
-        "nats-server did not start (run scripts/nats-test-server.sh install):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn bench(c: &mut Criterion) {
@@ -111,11 +94,7 @@ fn bench(c: &mut Criterion) {
     }
     tokio.block_on(bus.shutdown());
     drop(tokio);
-    let _ = Command::new("bash")
-        .arg(SCRIPT)
-        .arg("stop")
-        .arg(&pidfile)
-        .output();
+    stop_server(&pidfile);
 }
 
 criterion_group!(benches, bench);
