@@ -163,7 +163,7 @@ pub fn run(args: RunArgs) -> u8 {
 async fn run_async(
     args: RunArgs,
     settings: Settings,
-    ws: workspace::Workspace,
+    ws: crate::runtime::Workspace,
     payload: Map,
 ) -> u8 {
     let bus = Arc::new(EmbeddedBus::with_settings(&settings.runtime));
@@ -332,7 +332,7 @@ pub fn validate(dirs: &[PathBuf]) -> u8 {
             problems += 1;
             continue;
         }
-        match workspace::load(dir, None) {
+        match workspace::load::<crate::runtime::Instruction>(dir, None) {
             Err(errors) => {
                 for e in &errors {
                     eprintln!("{e}");

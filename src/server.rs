@@ -13,7 +13,8 @@ use crate::http::{router, AppState, Shutdown};
 use crate::limits::cluster::{ClusterError, ClusterLimits};
 use crate::limits::named::ClusterEngine;
 use crate::runtime::{ExecError, Runtime, Start};
-use crate::workspace::{Installer, Library, Workspace};
+use crate::runtime::{Instruction, Library, Workspace};
+use crate::workspace::Installer;
 use chrono::{DateTime, Utc};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,7 +39,7 @@ const QUOTA_SYNC_EVERY: Duration = Duration::from_secs(1);
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// The runtime serves what the library loads.
-impl Installer for Runtime {
+impl Installer<Instruction> for Runtime {
     fn workspace(&self, id: &str) -> Option<Arc<Workspace>> {
         Runtime::workspace(self, id)
     }

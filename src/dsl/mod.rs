@@ -96,6 +96,12 @@ pub trait Compile: Sized {
     /// Adds the calls of other automations in this instruction and the ones
     /// nested in it, with the place of each callee's name.
     fn calls<'a>(&'a self, out: &mut Vec<(&'a str, &'a Span)>);
+    /// Adds the named limits this instruction and the ones nested in it take, with
+    /// the place of each (for `validate`'s unknown-limit check).
+    fn limit_uses<'a>(&'a self, out: &mut Vec<(&'a crate::limits::named::Use, &'a Span)>);
+    /// Every instruction name, for "did you mean" when a name is neither an
+    /// instruction nor an automation.
+    const NAMES: &'static [&'static str];
 }
 
 /// A compiled automation whose body holds instructions of type `I`.
@@ -149,6 +155,16 @@ impl<I: Compile> Automation<I> {
         let fallback = self.quota.iter().filter_map(|q| q.fallback.as_deref());
         for i in self.body.iter().chain(fallback.flatten()) {
             i.calls(&mut out);
+        }
+        out
+    }
+
+    /// Every named limit the automation takes: its `limits:` entries, then each
+    /// `acquire` in its body, with their places.
+    pub fn limit_uses(&self) -> Vec<(&crate::limits::named::Use, &Span)> {
+        let mut out: Vec<_> = self.limits.iter().map(|(u, s)| (u, s)).collect();
+        for i in &self.body {
+            i.limit_uses(&mut out);
         }
         out
     }

@@ -7,7 +7,7 @@
 //! much of a guess was right.
 
 use super::{api_error, ApiError, AppState};
-use crate::workspace::Workspace;
+use crate::runtime::Workspace;
 use axum::http::{header, HeaderMap, StatusCode};
 use subtle::ConstantTimeEq;
 

@@ -41,7 +41,7 @@ pub struct AppState {
     /// Set once workspaces are loaded and the bus is connected.
     pub ready: Arc<AtomicBool>,
     /// The workspaces on disk (the secrets API reloads through it).
-    pub library: Arc<crate::workspace::Library>,
+    pub library: Arc<crate::runtime::Library>,
     /// Ends event streams on SIGTERM and owns webhook runs until the deadline.
     pub shutdown: Shutdown,
 }

@@ -32,10 +32,15 @@ pub use contexts::RunState;
 pub use error::{ErrorKind, ExecError};
 pub use instructions::{Instruction, NAMES as INSTRUCTIONS};
 
+/// A loaded workspace whose automations are compiled into this interpreter's instructions.
+pub type Workspace = crate::workspace::Workspace<Instruction>;
+/// The workspaces on disk kept in sync with a runtime.
+pub type Library = crate::workspace::Library<Instruction>;
+
 /// A compiled automation of this interpreter's instructions.
 pub type Automation = crate::dsl::Automation<Instruction>;
 pub use executed::error_value;
-pub use named::{limit_uses, WorkspaceLimitsView};
+pub use named::WorkspaceLimitsView;
 pub use redact::{RedactedStderr, Redactor};
 pub use start::{Outcome, Start, Trigger, TriggerKind};
 pub use throttle::{to_millis, Waits};
@@ -46,7 +51,6 @@ use crate::limits::named::NamedLimits;
 use crate::limits::{LimitKind, Limiters};
 use crate::metrics::Metrics;
 use crate::value::{Map, Value};
-use crate::workspace::Workspace;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -3,12 +3,11 @@
 //! list of every place an automation uses a limit (its `limits:` entries and its
 //! `acquire` instructions) for the checks that need every declaration.
 
-use super::{Automation, Inner, Instruction};
+use super::Inner;
+use super::Workspace;
 use crate::config::Settings;
-use crate::dsl::Span;
 use crate::limits::clock::TimeSource;
-use crate::limits::named::{LimitView, NamedLimits, Use};
-use crate::workspace::Workspace;
+use crate::limits::named::{LimitView, NamedLimits};
 
 /// The operator's shared limits. `Settings::load` has checked them; settings built by
 /// hand with bad ones get none, said once in the log.
@@ -23,24 +22,6 @@ pub(super) fn shared(settings: &Settings, time: TimeSource) -> NamedLimits {
         }
     }
     shared
-}
-
-/// Every use of a named limit in `a`, with its place: the automation's `limits:`
-/// entries, then its `acquire` instructions in file order.
-pub fn limit_uses(a: &Automation) -> Vec<(&Use, &Span)> {
-    let mut out: Vec<(&Use, &Span)> = a.limits.iter().map(|(u, s)| (u, s)).collect();
-    fn walk<'a>(body: &'a [Instruction], out: &mut Vec<(&'a Use, &'a Span)>) {
-        for i in body {
-            if let Some(u) = i.limit_use() {
-                out.push((u, &i.span));
-            }
-            for block in i.nested() {
-                walk(block, out);
-            }
-        }
-    }
-    walk(&a.body, &mut out);
-    out
 }
 
 impl Inner {

@@ -3,7 +3,7 @@
 
 use super::{Change, Watcher, Workspace};
 use crate::config::Settings;
-use crate::dsl::Diagnostic;
+use crate::dsl::{Compile, Diagnostic};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,11 +12,11 @@ use std::sync::Arc;
 ///
 /// A trait so that this module, which the runtime reads workspaces from, does not
 /// depend on the runtime in turn.
-pub trait Installer: Send + Sync + 'static {
+pub trait Installer<I>: Send + Sync + 'static {
     /// The installed version of workspace `id`.
-    fn workspace(&self, id: &str) -> Option<Arc<Workspace>>;
+    fn workspace(&self, id: &str) -> Option<Arc<Workspace<I>>>;
     /// Installs (or replaces) a workspace; returns the problems with its secrets' overrides.
-    fn install(&self, ws: Workspace) -> Vec<String>;
+    fn install(&self, ws: Workspace<I>) -> Vec<String>;
     /// Drops workspace `id`.
     fn remove(&self, id: &str);
 }
@@ -26,12 +26,12 @@ pub trait Installer: Send + Sync + 'static {
 /// Each edited workspace loads on the blocking pool, apart from the others and
 /// from requests, and is installed as soon as it is ready; a newer edit of the
 /// same workspace supersedes a load still running (its result is dropped).
-pub struct Library {
-    inner: Arc<Shelves>,
+pub struct Library<I> {
+    inner: Arc<Shelves<I>>,
 }
 
-struct Shelves {
-    runtime: Box<dyn Installer>,
+struct Shelves<I> {
+    runtime: Box<dyn Installer<I>>,
     watcher: std::sync::Mutex<Watcher>,
     /// The newest load (or removal) of each workspace; only it may install.
     newest: std::sync::Mutex<HashMap<String, u64>>,
@@ -40,9 +40,9 @@ struct Shelves {
     writers: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-impl Library {
+impl<I: Compile + Send + Sync + 'static> Library<I> {
     /// A library over the settings' workspaces root and secrets folder, installing into `runtime`.
-    pub fn new(runtime: impl Installer, settings: &Settings) -> Library {
+    pub fn new(runtime: impl Installer<I>, settings: &Settings) -> Library<I> {
         Library {
             inner: Arc::new(Shelves {
                 runtime: Box::new(runtime),
@@ -132,7 +132,7 @@ impl Library {
     }
 }
 
-impl Shelves {
+impl<I: Compile + Send + Sync + 'static> Shelves<I> {
     fn lock_newest(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
         self.newest.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -153,7 +153,7 @@ impl Shelves {
     }
 
     /// Installs a finished load unless a newer one was claimed meanwhile.
-    fn install(&self, id: &str, generation: u64, loaded: Result<Workspace, Vec<Diagnostic>>) {
+    fn install(&self, id: &str, generation: u64, loaded: Result<Workspace<I>, Vec<Diagnostic>>) {
         // Held while installing, so an older load can never land after a newer one.
         let newest = self.lock_newest();
         if newest.get(id) != Some(&generation) {

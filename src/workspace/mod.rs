@@ -14,10 +14,9 @@ pub use library::{Installer, Library};
 pub use redact::{secret_texts, Redactor};
 pub use watch::{Change, Edit, Watcher};
 
-use crate::dsl::{parse_automation, parse_yaml, Diagnostic};
+use crate::dsl::{parse_automation, parse_yaml, Automation, Compile, Diagnostic};
 use crate::limits::named::{self, LimitSpec, NamedLimits};
 use crate::limits::Budgets;
-use crate::runtime::Automation;
 use crate::value::{Map, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 /// A loaded workspace, ready to run.
 #[derive(Debug)]
-pub struct Workspace {
+pub struct Workspace<I> {
     /// Workspace id (the folder name).
     pub id: String,
     /// Display name from `workspace.yml` (the id when absent).
@@ -37,11 +36,11 @@ pub struct Workspace {
     /// Hides the secret values in what leaves the process (events, errors, logs).
     pub redactor: Redactor,
     /// Automations by slug.
-    pub automations: HashMap<String, Arc<Automation>>,
+    pub automations: HashMap<String, Arc<Automation<I>>>,
     /// Automations listening to each event type.
-    pub listeners: HashMap<String, Vec<Arc<Automation>>>,
+    pub listeners: HashMap<String, Vec<Arc<Automation<I>>>>,
     /// Endpoint automations by endpoint name.
-    pub endpoints: HashMap<String, Vec<Arc<Automation>>>,
+    pub endpoints: HashMap<String, Vec<Arc<Automation<I>>>>,
     /// The `global` context, shared by every run of the workspace.
     pub global: Arc<Mutex<Map>>,
     /// Problems that still let the workspace run (a bad expression, a malformed
@@ -61,15 +60,15 @@ pub struct Workspace {
     pub named: Option<NamedLimits>,
 }
 
-impl Workspace {
+impl<I: Compile> Workspace<I> {
     /// The enabled automation with this slug.
-    pub fn automation(&self, slug: &str) -> Option<&Arc<Automation>> {
+    pub fn automation(&self, slug: &str) -> Option<&Arc<Automation<I>>> {
         callable(&self.automations, slug)
     }
 
     /// The enabled automation with this slug, or why there is none, naming the
     /// ones there are (for `sluice run`).
-    pub fn require(&self, slug: &str) -> Result<&Arc<Automation>, String> {
+    pub fn require(&self, slug: &str) -> Result<&Arc<Automation<I>>, String> {
         self.automation(slug).ok_or_else(|| {
             let slugs = enabled_slugs(&self.automations);
             let known = if slugs.is_empty() {
@@ -83,15 +82,15 @@ impl Workspace {
 }
 
 /// The one rule for running or calling an automation: it exists and is enabled.
-fn callable<'a>(
-    automations: &'a HashMap<String, Arc<Automation>>,
+fn callable<'a, I>(
+    automations: &'a HashMap<String, Arc<Automation<I>>>,
     slug: &str,
-) -> Option<&'a Arc<Automation>> {
+) -> Option<&'a Arc<Automation<I>>> {
     automations.get(slug).filter(|a| !a.disabled)
 }
 
 /// The slugs of the enabled automations, sorted.
-fn enabled_slugs(automations: &HashMap<String, Arc<Automation>>) -> Vec<&str> {
+fn enabled_slugs<I>(automations: &HashMap<String, Arc<Automation<I>>>) -> Vec<&str> {
     let mut slugs: Vec<&str> = automations
         .values()
         .filter(|a| !a.disabled)
@@ -187,7 +186,10 @@ fn read_bounded(file: &Path, max_bytes: u64) -> Result<String, Diagnostic> {
 
 /// Loads the workspace in `dir` with the secrets of `secrets_file`, refusing
 /// files over the default `runtime.max_file_bytes`; see [`load_with`].
-pub fn load(dir: &Path, secrets_file: Option<&Path>) -> Result<Workspace, Vec<Diagnostic>> {
+pub fn load<I: Compile>(
+    dir: &Path,
+    secrets_file: Option<&Path>,
+) -> Result<Workspace<I>, Vec<Diagnostic>> {
     load_with(
         dir,
         secrets_file,
@@ -199,11 +201,11 @@ pub fn load(dir: &Path, secrets_file: Option<&Path>) -> Result<Workspace, Vec<Di
 /// workspace id is the folder name. Fatal problems (unreadable, oversized or
 /// unparsable files, duplicate slugs) are returned as errors; compile problems
 /// and calls to missing automations are kept in `Workspace::diagnostics`.
-pub fn load_with(
+pub fn load_with<I: Compile>(
     dir: &Path,
     secrets_file: Option<&Path>,
     max_file_bytes: u64,
-) -> Result<Workspace, Vec<Diagnostic>> {
+) -> Result<Workspace<I>, Vec<Diagnostic>> {
     let id = id_of(dir);
     let mut errors = Vec::new();
     let entries = match std::fs::read_dir(dir) {
@@ -232,7 +234,7 @@ pub fn load_with(
     let mut config = Value::empty_object();
     let mut limits = Vec::new();
     let mut limits_file = None;
-    let mut automations: HashMap<String, Arc<Automation>> = HashMap::new();
+    let mut automations: HashMap<String, Arc<Automation<I>>> = HashMap::new();
     let mut diagnostics = Vec::new();
     // Kept to locate calls to missing automations once every slug is known.
     for file in files {
@@ -280,9 +282,9 @@ pub fn load_with(
         return Err(errors);
     }
     diagnostics.extend(missing_calls(&automations));
-    let mut listeners: HashMap<String, Vec<Arc<Automation>>> = HashMap::new();
-    let mut endpoints: HashMap<String, Vec<Arc<Automation>>> = HashMap::new();
-    let mut sorted: Vec<&Arc<Automation>> = automations.values().collect();
+    let mut listeners: HashMap<String, Vec<Arc<Automation<I>>>> = HashMap::new();
+    let mut endpoints: HashMap<String, Vec<Arc<Automation<I>>>> = HashMap::new();
+    let mut sorted: Vec<&Arc<Automation<I>>> = automations.values().collect();
     sorted.sort_by(|a, b| a.slug.cmp(&b.slug));
     for a in sorted.into_iter().filter(|a| !a.disabled) {
         for e in &a.when.events {
@@ -315,7 +317,7 @@ pub fn load_with(
     })
 }
 
-impl Workspace {
+impl<I: Compile> Workspace<I> {
     /// The problems of its named limits that need the operator's `shared_limits` to be
     /// seen: a declaration that takes a shared name, and uses of limits declared nowhere.
     pub fn limit_diagnostics(&self, shared: &[LimitSpec]) -> Vec<Diagnostic> {
@@ -337,10 +339,10 @@ impl Workspace {
         names.extend(shared.iter().map(|l| &*l.name));
         names.sort_unstable();
         let known = |n: &str| names.contains(&n);
-        let mut sorted: Vec<&Arc<Automation>> = self.automations.values().collect();
+        let mut sorted: Vec<&Arc<Automation<I>>> = self.automations.values().collect();
         sorted.sort_by(|a, b| a.slug.cmp(&b.slug));
         for a in sorted {
-            for (u, span) in crate::runtime::limit_uses(a) {
+            for (u, span) in a.limit_uses() {
                 if let Some(e) = u.check_known(&known, &names) {
                     found.push(Diagnostic::at(span, e.message));
                 }
@@ -353,11 +355,11 @@ impl Workspace {
 /// The calls to automations that are not in `automations` (or are disabled),
 /// each at the callee's name in its file, with the closest instruction or
 /// automation name: in DSUL a misspelt instruction is a call.
-fn missing_calls(automations: &HashMap<String, Arc<Automation>>) -> Vec<Diagnostic> {
+fn missing_calls<I: Compile>(automations: &HashMap<String, Arc<Automation<I>>>) -> Vec<Diagnostic> {
     let mut found = Vec::new();
-    let mut sorted: Vec<&Arc<Automation>> = automations.values().collect();
+    let mut sorted: Vec<&Arc<Automation<I>>> = automations.values().collect();
     sorted.sort_by(|a, b| a.slug.cmp(&b.slug));
-    let mut valid: Vec<&str> = crate::runtime::INSTRUCTIONS.to_vec();
+    let mut valid: Vec<&str> = I::NAMES.to_vec();
     valid.extend(enabled_slugs(automations));
     for a in &sorted {
         for (callee, span) in a.calls() {
@@ -475,7 +477,7 @@ mod tests {
         .unwrap();
         let secrets = dir.path().join("demo.secrets.yml");
         std::fs::write(&secrets, "apiKey: s3cret\n").unwrap();
-        let w = load(&ws, Some(&secrets)).unwrap();
+        let w = load::<crate::runtime::Instruction>(&ws, Some(&secrets)).unwrap();
         assert_eq!(w.id, "demo");
         assert_eq!(w.name, "Demo");
         assert_eq!(w.config, Value::from(serde_json::json!({"key": "s3cret"})));
@@ -489,7 +491,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.yml"), "do: [\n").unwrap();
         std::fs::write(dir.path().join("b.yml"), "slug: a\ndo: []\n").unwrap();
-        let errs = load(dir.path(), None).unwrap_err();
+        let errs = load::<crate::runtime::Instruction>(dir.path(), None).unwrap_err();
         assert_eq!(errs.len(), 1);
         assert!(errs[0].to_string().contains("a.yml:"));
     }
@@ -499,7 +501,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("hello.yml"), "do: []\n").unwrap();
         std::fs::write(dir.path().join("off.yml"), "disabled: true\ndo: []\n").unwrap();
-        let ws = load(dir.path(), None).unwrap();
+        let ws = load::<crate::runtime::Instruction>(dir.path(), None).unwrap();
         assert!(ws.require("hello").is_ok());
         let missing = ws.require("helo").err().unwrap_or_default();
         assert!(
@@ -527,7 +529,7 @@ mod tests {
 ",
         )
         .unwrap();
-        let ws = load(dir.path(), None).unwrap();
+        let ws = load::<crate::runtime::Instruction>(dir.path(), None).unwrap();
         let found: Vec<String> = ws.diagnostics.iter().map(|d| d.to_string()).collect();
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(

@@ -36,7 +36,7 @@ pub struct Edit {
 
 impl Edit {
     /// Reads and compiles the workspace; errors carry their locations.
-    pub fn load(&self) -> Result<Workspace, Vec<Diagnostic>> {
+    pub fn load<I: crate::dsl::Compile>(&self) -> Result<Workspace<I>, Vec<Diagnostic>> {
         load_with(&self.dir, Some(&self.secrets), self.max_file_bytes)
     }
 }
@@ -164,7 +164,7 @@ mod tests {
         changes
             .iter()
             .map(|c| match c {
-                Change::Edited(edit) => match edit.load() {
+                Change::Edited(edit) => match edit.load::<crate::runtime::Instruction>() {
                     Ok(ws) => format!("loaded {}", ws.id),
                     Err(_) => format!("failed {}", edit.id),
                 },

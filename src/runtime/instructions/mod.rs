@@ -185,6 +185,19 @@ impl Compile for Instruction {
         }
     }
 
+    const NAMES: &'static [&'static str] = NAMES;
+
+    fn limit_uses<'a>(&'a self, out: &mut Vec<(&'a crate::limits::named::Use, &'a Span)>) {
+        if let Some(u) = self.limit_use() {
+            out.push((u, &self.span));
+        }
+        for block in self.op.blocks() {
+            for i in block {
+                i.limit_uses(out);
+            }
+        }
+    }
+
     fn calls<'a>(&'a self, out: &mut Vec<(&'a str, &'a Span)>) {
         if let Op::Call(call) = &self.op {
             out.push((call.slug(), &self.span));
@@ -221,11 +234,6 @@ impl Instruction {
             Op::Acquire(a) => Some(a.limit_use()),
             _ => None,
         }
-    }
-
-    /// The instruction lists nested inside.
-    pub(crate) fn nested(&self) -> Vec<&[Instruction]> {
-        self.op.blocks()
     }
 
     /// Whether this instruction fails whenever it runs.
