@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`value`]: the value model (JSON plus JavaScript's `undefined`).
+//! - [`budgets`]: what one execution may use (instructions, sizes, depth, waits).
+//! - [`checked`]: numbers from the settings file, checked with one wording.
 //! - [`expr`]: `{{ }}` templates, `{% %}` expressions and variable paths.
 //! - [`dsl`]: automation files compiled into instructions, with diagnostics.
 //! - [`workspace`]: workspaces on disk, their config and secrets.
@@ -21,7 +23,9 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod budgets;
 pub mod bus;
+pub mod checked;
 pub mod cli;
 pub mod config;
 pub mod dsl;

@@ -2,8 +2,8 @@
 //! (names, networks, the log format, delivery counts); the numbers every module's settings
 //! share are checked in [`crate::limits::values::de`], and re-exported here for the fields.
 
-pub(crate) use crate::limits::values::de::{positive, whole};
-use crate::limits::values::de::{raw, refuse};
+pub(crate) use crate::checked::{positive, whole};
+use crate::checked::{raw, refuse};
 use serde::de::Error;
 use serde::{Deserialize, Deserializer};
 

@@ -6,7 +6,7 @@
 
 use super::jsfmt::TooLong;
 use super::{ExprError, Scope};
-use crate::limits::{BudgetExceeded, Budgets};
+use crate::budgets::{BudgetExceeded, Budgets};
 
 /// What evaluation needs besides the tree.
 pub(crate) struct Cx<'a> {

@@ -13,7 +13,7 @@ use super::parser::{parse, BinOp, MatchRhs, Node, RegexPart, Seg, VarPath};
 use super::path::key_of_value;
 use super::regex::{compile_regex_literal, regex_too_long, CompiledRegex};
 use super::{ExprError, Scope};
-use crate::limits::Budgets;
+use crate::budgets::Budgets;
 use crate::value::Value;
 use std::cmp::Ordering;
 use std::sync::Arc;

@@ -7,7 +7,7 @@ use super::compare::js_compare;
 use super::cx::Failure;
 use super::jsfmt::{canonical_index, js_to_string};
 use super::regex::CompiledRegex;
-use crate::limits::Budgets;
+use crate::budgets::Budgets;
 use crate::value::{Map, Value};
 use std::cmp::Ordering;
 

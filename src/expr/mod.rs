@@ -18,7 +18,7 @@ mod regex;
 pub mod suggest;
 mod template;
 
-use crate::limits::{BudgetExceeded, Budgets};
+use crate::budgets::{BudgetExceeded, Budgets};
 use crate::value::Value;
 use std::sync::Arc;
 

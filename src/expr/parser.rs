@@ -19,7 +19,7 @@ use super::path::key_of_value;
 use super::regex::{compile_regex_literal, CompiledRegex};
 use super::suggest::expected_one_of;
 use super::{ExprError, Key};
-use crate::limits::Budgets;
+use crate::budgets::Budgets;
 use crate::value::Value;
 use std::sync::Arc;
 

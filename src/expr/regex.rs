@@ -2,7 +2,7 @@
 //! `max_regex_bytes` budget and cached per thread, since patterns built at run time repeat.
 
 use super::cx::Failure;
-use crate::limits::{BudgetExceeded, Budgets};
+use crate::budgets::{BudgetExceeded, Budgets};
 use regex::Regex;
 use std::cell::RefCell;
 use std::collections::HashMap;

@@ -14,7 +14,7 @@ use super::cx::string_too_long;
 use super::eval::Expr;
 use super::jsfmt::{push_template_string, push_within, TooLong};
 use super::{parse_variable_name, ExprError, Key, Scope};
-use crate::limits::Budgets;
+use crate::budgets::Budgets;
 use crate::value::Value;
 use std::sync::Arc;
 

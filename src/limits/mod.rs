@@ -11,7 +11,6 @@
 //! injectable time source that makes the tests exact.
 
 mod bucket;
-pub mod budgets;
 pub mod clock;
 pub mod cluster;
 pub mod named;
@@ -19,7 +18,7 @@ mod recent;
 mod secrets;
 pub mod values;
 
-pub use budgets::{BudgetError, BudgetExceeded, Budgets};
+pub use crate::budgets::{BudgetError, BudgetExceeded, Budgets};
 pub use clock::{FakeClock, TimeSource};
 pub use recent::WINDOW as RECENT_WAITS;
 pub use secrets::LimitError;

@@ -104,10 +104,7 @@ pub fn quota(rate: f64, burst: u32) -> Result<Option<Quota>, ValueError> {
     Ok(Some(quota.allow_burst(burst)))
 }
 
-/// A decimal number; surrounding blanks are allowed, `inf` and `NaN` are not.
-pub fn parse_number(text: &str) -> Option<f64> {
-    text.trim().parse::<f64>().ok().filter(|n| n.is_finite())
-}
+pub use crate::checked::parse_number;
 
 /// The default limits of every workspace; secrets may override them per workspace.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,65 +174,11 @@ impl LimitSettings {
     }
 }
 
-/// Checked deserialisation of numbers from the settings file, so that each bad value is refused
-/// with the same wording as the environment variables (the `config` crate alone would round
-/// `2.5` to a whole `3` and accept negative rates). The settings of every module use these.
+/// Checked deserialisation of the limits' rates and bursts from the settings file, with the
+/// wording of their environment variables (the generic checks are in [`crate::checked`]).
 pub(crate) mod de {
-    use serde::de::{Error, Visitor};
+    use crate::checked::{raw, refuse};
     use serde::Deserializer;
-    use std::fmt;
-
-    /// A number as given: its value (when it is one) and how to show it in a message.
-    pub(crate) struct Raw {
-        pub(crate) number: Option<f64>,
-        pub(crate) shown: String,
-    }
-
-    struct RawVisitor;
-
-    impl Visitor<'_> for RawVisitor {
-        type Value = Raw;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a number")
-        }
-
-        fn visit_u64<E: Error>(self, v: u64) -> Result<Raw, E> {
-            Ok(Raw {
-                number: Some(v as f64),
-                shown: v.to_string(),
-            })
-        }
-
-        fn visit_i64<E: Error>(self, v: i64) -> Result<Raw, E> {
-            Ok(Raw {
-                number: Some(v as f64),
-                shown: v.to_string(),
-            })
-        }
-
-        fn visit_f64<E: Error>(self, v: f64) -> Result<Raw, E> {
-            Ok(Raw {
-                number: Some(v),
-                shown: v.to_string(),
-            })
-        }
-
-        fn visit_str<E: Error>(self, v: &str) -> Result<Raw, E> {
-            Ok(Raw {
-                number: v.trim().parse::<f64>().ok(),
-                shown: format!("{v:?}"),
-            })
-        }
-    }
-
-    pub(crate) fn raw<'de, D: Deserializer<'de>>(d: D) -> Result<Raw, D::Error> {
-        d.deserialize_any(RawVisitor)
-    }
-
-    pub(crate) fn refuse<E: Error>(expected: impl fmt::Display, raw: &Raw) -> E {
-        E::custom(format!("{expected}, got {}", raw.shown))
-    }
 
     pub(crate) fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
         let raw = raw(d)?;
@@ -250,37 +193,6 @@ pub(crate) mod de {
         burst
             .and_then(super::check_burst)
             .map_err(|e| refuse(e, &raw))
-    }
-
-    pub(crate) fn whole<'de, D, T>(d: D) -> Result<T, D::Error>
-    where
-        D: Deserializer<'de>,
-        T: TryFrom<u64>,
-    {
-        whole_from(d, 0.0, "expected a non-negative whole number")
-    }
-
-    pub(crate) fn positive<'de, D, T>(d: D) -> Result<T, D::Error>
-    where
-        D: Deserializer<'de>,
-        T: TryFrom<u64>,
-    {
-        whole_from(d, 1.0, "expected a whole number of at least 1")
-    }
-
-    fn whole_from<'de, D, T>(d: D, min: f64, expected: &str) -> Result<T, D::Error>
-    where
-        D: Deserializer<'de>,
-        T: TryFrom<u64>,
-    {
-        let raw = raw(d)?;
-        // Below 2^53 every whole f64 is exact, which covers every sensible size or count.
-        let exact = raw
-            .number
-            .filter(|n| n.fract() == 0.0 && (min..9_007_199_254_740_992.0).contains(n));
-        exact
-            .and_then(|n| T::try_from(n as u64).ok())
-            .ok_or_else(|| refuse(expected, &raw))
     }
 }
 

@@ -22,7 +22,7 @@ const MIN_SECRET_LEN: usize = 3;
 /// values are settings, and hiding every `100` would garble every payload.
 const SETTING_PREFIXES: [&str; 2] = [
     crate::limits::RATE_LIMIT_SECRET_PREFIX,
-    crate::limits::budgets::PREFIX,
+    crate::budgets::PREFIX,
 ];
 
 /// Hides one workspace's secret values (strings and numbers of at least

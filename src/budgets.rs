@@ -7,7 +7,7 @@
 //! workspace with a `sluice_<name>` secret (`sluice_max_instructions: 5000000`). As with the
 //! rate-limit secrets, one bad value refuses the whole set and errors never echo a value.
 
-use super::values::parse_number;
+use crate::checked::parse_number;
 use crate::value::Value;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,7 @@ pub const DEPTH_CEILING: usize = 1000;
 
 /// `max_depth` from the settings file: a whole number from 1 to [`DEPTH_CEILING`].
 fn depth<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    let n: usize = crate::limits::values::de::positive(d)?;
+    let n: usize = crate::checked::positive(d)?;
     if n > DEPTH_CEILING {
         return Err(serde::de::Error::custom(format!(
             "expected a whole number from 1 to {DEPTH_CEILING}, got {n}"
@@ -35,28 +35,28 @@ fn depth<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
 #[serde(deny_unknown_fields, default)]
 pub struct Budgets {
     /// Instructions one execution may run, counting every iteration of every loop.
-    #[serde(deserialize_with = "crate::limits::values::de::positive")]
+    #[serde(deserialize_with = "crate::checked::positive")]
     pub max_instructions: u64,
     /// The longest string a template, an expression or a `set` may produce, in bytes.
-    #[serde(deserialize_with = "crate::limits::values::de::positive")]
+    #[serde(deserialize_with = "crate::checked::positive")]
     pub max_string_bytes: usize,
     /// The most entries of one list or object.
-    #[serde(deserialize_with = "crate::limits::values::de::positive")]
+    #[serde(deserialize_with = "crate::checked::positive")]
     pub max_entries: usize,
     /// The largest variable (or context key), in bytes of JSON.
-    #[serde(deserialize_with = "crate::limits::values::de::positive")]
+    #[serde(deserialize_with = "crate::checked::positive")]
     pub max_value_bytes: usize,
     /// The deepest nesting of lists and objects in one value, at most [`DEPTH_CEILING`].
     #[serde(deserialize_with = "depth")]
     pub max_depth: usize,
     /// The largest list index `set` may write (`l[5]` writes index 5, filling the gap).
-    #[serde(deserialize_with = "crate::limits::values::de::whole")]
+    #[serde(deserialize_with = "crate::checked::whole")]
     pub max_list_index: usize,
     /// The largest compiled regular expression, in bytes (the `regex` crate's size limit).
-    #[serde(deserialize_with = "crate::limits::values::de::positive")]
+    #[serde(deserialize_with = "crate::checked::positive")]
     pub max_regex_bytes: usize,
     /// The longest `wait` an automation may ask for, in seconds.
-    #[serde(deserialize_with = "crate::limits::values::de::positive")]
+    #[serde(deserialize_with = "crate::checked::positive")]
     pub max_wait_secs: u64,
 }
 
