@@ -26,5 +26,7 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 # tests/slow_clients.rs opens thousands of connections: use the whole fd allowance.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# Module arrows go one way (issue 11): fail on a cycle between top-level modules.
+scripts/module-graph.sh >/dev/null || { scripts/module-graph.sh >&2; exit 1; }
 # --no-fail-fast: one failing file must not hide the results of the others.
 cargo test --locked --all-targets --no-fail-fast
