@@ -12,6 +12,14 @@ fn compile(text: &str) -> Compiled<Instruction> {
     }
 }
 
+/// Each diagnostic of `c` as (line, column, message).
+fn located(c: &Compiled<Instruction>) -> Vec<(usize, usize, &str)> {
+    c.diagnostics
+        .iter()
+        .map(|d| (d.line, d.column, d.message.as_str()))
+        .collect()
+}
+
 #[test]
 fn slug_defaults_to_the_file_stem() {
     let c = compile("do: []\n");
@@ -49,11 +57,7 @@ fn an_item_with_several_keys_or_none_is_invalid_at_its_place() {
     let c = compile(
         "do:\n  - comment: ok\n  - set: {name: a, value: 1}\n    emit: {event: e}\n  - {}\n  - emit: {event: f}\n",
     );
-    let found: Vec<(usize, usize, &str)> = c
-        .diagnostics
-        .iter()
-        .map(|d| (d.line, d.column, d.message.as_str()))
-        .collect();
+    let found = located(&c);
     assert_eq!(
         found,
         vec![
@@ -127,11 +131,7 @@ fn unknown_fields_and_a_literal_bad_set_type_are_located_at_their_key() {
     let c = compile(
         "do:\n  - set: {name: x, value: 1, type: merj}\n  - repeat:\n      until: 2\n      doo: []\n  - fetch: {url: 'http://x', methd: post}\n  - set: {name: y, type: '{{t}}'}\n",
     );
-    let found: Vec<(usize, usize, &str)> = c
-        .diagnostics
-        .iter()
-        .map(|d| (d.line, d.column, d.message.as_str()))
-        .collect();
+    let found = located(&c);
     assert_eq!(
         found,
         vec![
