@@ -2,10 +2,15 @@
 //!
 //! Under `valgrind --tool=callgrind` the count does not drift with the machine's load, so two
 //! trees can be compared while other work runs. `N` and `SLUG` (hello, named or loop) come from the
-//! environment; limits are off so that only the interpreter is counted.
+//! environment; limits are off so that only the interpreter is counted. `bench/ircount.sh`
+//! collects only inside [`runs`], after the clock's one-time calibration: that calibration
+//! loops for a fixed wall time, so its count varies from one process to the next by more than
+//! thousands of runs cost.
 
+use governor::clock::Clock;
 use sluice::bus::EmbeddedBus;
 use sluice::config::Settings;
+use sluice::limits::TimeSource;
 use sluice::runtime::{Runtime, Start};
 use std::sync::Arc;
 
@@ -30,18 +35,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    tokio.block_on(async {
+    let rt = tokio.block_on(async {
         let rt = Runtime::new(settings, Arc::new(EmbeddedBus::new()))?;
         let workspace = sluice::workspace::load(&ws, None).map_err(|d| format!("{d:?}"))?;
         rt.install(workspace);
-        let start = || Start {
-            correlation_id: Some("bench".into()),
-            ..Start::endpoint("bench", &slug)
-        };
-        // The first run warms caches that every later run finds ready.
+        Ok::<_, Box<dyn std::error::Error>>(rt)
+    })?;
+    // Calibrates the process-wide clock before counting starts.
+    TimeSource::real().now();
+    runs(&tokio, &rt, &slug, n)
+}
+
+/// The counted part: one warm-up run, whose caches every later run finds ready, then `n` runs,
+/// with every task they wake.
+#[inline(never)]
+fn runs(
+    tokio: &tokio::runtime::Runtime,
+    rt: &Runtime,
+    slug: &str,
+    n: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    tokio.block_on(async {
         for _ in 0..=n {
-            rt.run(start()).await?;
+            rt.run(Start {
+                correlation_id: Some("bench".into()),
+                ..Start::endpoint("bench", slug)
+            })
+            .await?;
         }
-        Ok::<_, Box<dyn std::error::Error>>(())
+        Ok(())
     })
 }
