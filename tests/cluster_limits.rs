@@ -638,6 +638,35 @@ async fn without_a_cluster_handle_a_cluster_limit_is_local() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_attached_after_a_limit_was_prepared_sends_it_to_the_owner() {
+    let nats = NatsServer::start();
+    let a = instance(&nats.url, rate20(), json!({})).await;
+    let shared = NamedLimits::shared(TimeSource::real());
+    shared.update(specs(rate20()));
+    let ws = NamedLimits::workspace("ws", Some(&shared), TimeSource::real());
+    let prepared = ws.prepare(vec![ask("rate", 10, None, None)]);
+    assert!(
+        ws.try_prepared(&prepared).is_some(),
+        "without a handle the limit is local, taken at once"
+    );
+    shared.attach_cluster(a.cluster.clone());
+    assert!(
+        ws.try_prepared(&prepared).is_none(),
+        "now the owner decides"
+    );
+    // The owner's bucket is what counts: drained through `a`, it refuses here although
+    // this registry's own bucket still holds 19 units.
+    let mut burst = ask("rate", 10, None, None);
+    burst.units = 20.0;
+    take(&a.ws, &burst).await.unwrap();
+    let now = ask("rate", 10, None, Some(Duration::ZERO));
+    assert!(matches!(
+        take(&ws, &now).await,
+        Err(AcquireError::Refused { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_that_gives_up_leaves_the_owners_line() {
     let nats = NatsServer::start();
     let a = instance(&nats.url, slots(1), json!({})).await;

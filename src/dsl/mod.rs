@@ -133,7 +133,7 @@ pub struct Automation<I> {
     /// `limits:` rendered once, when nothing in them depends on the execution (no key,
     /// template or lane): an automation lives with one version of its workspace's
     /// declarations, since editing them reloads every automation.
-    pub constant_limits: std::sync::OnceLock<Option<Vec<crate::limits::named::Ask>>>,
+    pub constant_limits: std::sync::OnceLock<Option<crate::limits::named::Prepared>>,
 }
 
 /// An automation's `quota:`: what it costs and how essential it is.

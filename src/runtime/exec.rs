@@ -10,7 +10,7 @@ use crate::bus::{Event, EventFilter, Waiter};
 use crate::config::Settings;
 use crate::dsl::Span;
 use crate::expr::{get_path, parse_variable_name, Key, Scope};
-use crate::limits::named::{Acquired, Ask, NamedLimits};
+use crate::limits::named::{Acquired, Ask, NamedLimits, Permit};
 use crate::limits::{Budgets, LimitKind, WorkspaceLimits};
 use crate::runtime::Instruction;
 use crate::value::{Map, Value};
@@ -53,6 +53,16 @@ pub(super) struct Exec<'a> {
     sized: AtomicBool,
     /// Store answers of this execution's emits, collected when its body ends.
     receipts: super::receipts::Receipts,
+}
+
+/// What an execution holds of its automation's `limits:` until it ends: dropping it
+/// releases any concurrency slot.
+#[expect(dead_code, reason = "held only to be dropped when the execution ends")]
+enum Held {
+    /// Granted at once on the uncontended path (waits and shadow waits are then zero).
+    Permit(Permit),
+    /// Taken the whole way, its waits already counted.
+    Acquired(Acquired),
 }
 
 /// What a finished body leaves for the outcome.
@@ -233,7 +243,7 @@ impl<'a> Exec<'a> {
 
     /// Takes the automation's own `limits:` before its body runs; what it holds is
     /// released when the returned value drops.
-    async fn hold_limits(&self) -> Result<Option<Acquired>, ExecError> {
+    async fn hold_limits(&self) -> Result<Option<Held>, ExecError> {
         let a = &self.x.automation;
         if let Some(message) = &a.limits_invalid {
             return Err(ExecError::new(
@@ -247,13 +257,16 @@ impl<'a> Exec<'a> {
         let named = self.named()?;
         let constant = a
             .constant_limits
-            .get_or_init(|| self.constant_limits(named));
-        if let Some(asks) = constant {
+            .get_or_init(|| self.constant_limits(named).map(|asks| named.prepare(asks)));
+        if let Some(prepared) = constant {
+            if let Some(permit) = named.try_prepared(prepared) {
+                return Ok(Some(Held::Permit(permit)));
+            }
             let first = &a.limits[0].1;
             return self
-                .acquire_named(asks)
+                .acquire_named(prepared.asks())
                 .await
-                .map(Some)
+                .map(|got| Some(Held::Acquired(got)))
                 .map_err(|e| self.locate(e, first));
         }
         let render = |(u, span): &(crate::limits::named::Use, Span)| {
@@ -273,7 +286,8 @@ impl<'a> Exec<'a> {
                 self.acquire_named(&asks).await
             }
         };
-        held.map(Some).map_err(|e| self.locate(e, &first.1))
+        held.map(|got| Some(Held::Acquired(got)))
+            .map_err(|e| self.locate(e, &first.1))
     }
 
     /// The automation's `limits:` rendered, when none depends on the execution: names of

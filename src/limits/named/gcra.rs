@@ -44,6 +44,13 @@ impl Rate {
         tat.max(now).saturating_add(self.cost(units))
     }
 
+    /// The TAT after granting `units` at `now` if they can be granted at once (the
+    /// common path: [`Rate::ready_at`] then [`Rate::take`] with the cost computed once).
+    pub fn try_take(&self, tat: u64, now: u64, units: f64) -> Option<u64> {
+        let after = tat.max(now).saturating_add(self.cost(units));
+        (after.saturating_sub(self.tau) <= now).then_some(after)
+    }
+
     /// The TAT of a bucket that was empty at `at`: it holds only what refilled since.
     pub fn empty_at(&self, at: u64) -> u64 {
         at.saturating_add(self.tau)
@@ -63,7 +70,9 @@ impl Rate {
     }
 }
 
-/// Nanoseconds from a float, rounded and saturating (`as` saturates, NaN gives 0).
+/// Nanoseconds from a float, rounded half up and saturating (`as` saturates, and gives 0
+/// for NaN and for negatives, which never occur here). Adding a half before truncating is
+/// `round` for non-negative values without its library call, which is on every grant.
 fn to_nanos(ns: f64) -> u64 {
-    ns.round() as u64
+    (ns + 0.5) as u64
 }

@@ -131,14 +131,43 @@ impl Limit {
     /// Starts an acquisition; `own` are settings for this key that replace the limit's.
     pub(super) fn start(self: &Arc<Self>, want: Want<'_>, own: Option<&Arc<Params>>) -> Start {
         let now = self.now();
-        let mut guard = self.shard(want.key);
+        self.with_entry(want.key, own, now, |entry, base| {
+            self.decide(entry, base, own, want, now)
+        })
+    }
+
+    /// Grants `units` of `key` at once when nobody waits, there is room, and the key
+    /// follows the limit's own settings, which are not shadow; `None` otherwise, with nothing
+    /// changed (then [`Limit::start`] decides). The uncontended path, without a [`Want`].
+    pub(super) fn try_grant(self: &Arc<Self>, key: &str, units: f64) -> Option<Permit> {
+        let now = self.now();
+        self.with_entry(key, None, now, |entry, base| {
+            if entry.params.is_some() || base.shadow {
+                return None;
+            }
+            let slot = entry.state.try_take(base, now, units)?;
+            Some(self.permit(slot, key))
+        })
+    }
+
+    /// Runs `f` on `key`'s entry under its shard's lock, with the limit's settings. A key
+    /// not seen yet gets a fresh entry (full, or drained for a taken-over limit; `own` are
+    /// its settings), kept only if `f` leaves it busy, so that refusals cost no memory.
+    fn with_entry<R>(
+        &self,
+        key: &str,
+        own: Option<&Arc<Params>>,
+        now: u64,
+        f: impl FnOnce(&mut Entry, &Arc<Params>) -> R,
+    ) -> R {
+        let mut guard = self.shard(key);
         let Shard {
             params,
             keys,
             sweep_at,
         } = &mut *guard;
-        if let Some(entry) = keys.get_mut(want.key) {
-            return self.decide(entry, params, own, want, now);
+        if let Some(entry) = keys.get_mut(key) {
+            return f(entry, params);
         }
         if keys.len() >= *sweep_at {
             *sweep_at = sweep(keys, now);
@@ -150,11 +179,11 @@ impl Limit {
         if let Some(at) = self.drained {
             entry.state.drain_at(own.unwrap_or(params), at);
         }
-        let start = self.decide(&mut entry, params, own, want, now);
+        let result = f(&mut entry, params);
         if !entry.state.is_idle(now) {
-            keys.insert(want.key, entry);
+            keys.insert(key, entry);
         }
-        start
+        result
     }
 
     /// The decision for one key, under its shard's lock.

@@ -142,11 +142,9 @@ impl<T: Clone> KeyState<T> {
             return None;
         }
         if let Some(r) = &p.rate {
-            if r.gcra.ready_at(self.tat, now, units) > now {
-                return None;
-            }
+            self.tat = r.gcra.try_take(self.tat, now, units)?;
         }
-        Some(self.take(p, now, units))
+        Some(self.hold(p))
     }
 
     /// Accounts `units` as granted whatever the state (shadow mode) and returns the
@@ -388,6 +386,11 @@ impl<T: Clone> KeyState<T> {
         if let Some(r) = &p.rate {
             self.tat = r.gcra.take(self.tat, now, units);
         }
+        self.hold(p)
+    }
+
+    /// Takes a slot if the limit has concurrency; true when it did.
+    fn hold(&mut self, p: &Params) -> bool {
         let slot = p.concurrency.is_some();
         if slot {
             self.held = self.held.saturating_add(1);

@@ -12,6 +12,8 @@
 //! - `limit`: a limit's keys in locked shards, the async waiting on top of the machine,
 //!   release, live change, idle eviction and counters.
 //! - `permit`: the [`Permit`] that releases concurrency on drop.
+//! - `prepared`: an automation's constant `limits:` with its limit looked up once
+//!   ([`Prepared`]), the fast path of an uncontended execution.
 //! - `render`: a use's templates evaluated at acquisition into an [`Ask`].
 //! - [`cluster`]: the engine as the limiter a cluster owner runs ([`ClusterEngine`]).
 //!
@@ -29,6 +31,7 @@ mod lanes;
 mod limit;
 pub mod machine;
 mod permit;
+mod prepared;
 mod render;
 pub mod spec;
 pub mod uses;
@@ -37,6 +40,7 @@ pub use cluster::ClusterEngine;
 pub use lanes::RequestId;
 pub use limit::Snapshot;
 pub use permit::Permit;
+pub use prepared::Prepared;
 pub use render::RenderError;
 pub use spec::{LimitSpec, Number, Per, Scope, SpecError};
 pub use uses::{Target, Use};
@@ -48,6 +52,7 @@ use machine::Params;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 use uses::Inline;
@@ -71,6 +76,9 @@ struct Registry {
     shared: Option<NamedLimits>,
     /// Where asks of `scope: cluster` limits go; `None` without NATS.
     cluster: RwLock<Option<Arc<ClusterLimits>>>,
+    /// Bumped, under the lock it concerns, whenever the declarations or the cluster handle
+    /// change, so that a [`Prepared`] lookup knows it is stale.
+    generation: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -221,17 +229,20 @@ impl NamedLimits {
             inline,
             shared,
             cluster: RwLock::new(None),
+            generation: AtomicU64::new(0),
         }))
     }
 
     /// Enforces this registry's `scope: cluster` limits across the cluster through
     /// `cluster`. A workspace registry without its own handle uses its shared registry's.
     pub fn attach_cluster(&self, cluster: Arc<ClusterLimits>) {
-        *self
+        let mut handle = self
             .0
             .cluster
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = Some(cluster);
+            .unwrap_or_else(PoisonError::into_inner);
+        *handle = Some(cluster);
+        self.0.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The cluster handle asks go through: this registry's, else its shared registry's.
@@ -279,6 +290,7 @@ impl NamedLimits {
             );
         }
         *map = next;
+        self.0.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The names declared here (not the shared ones), sorted.
@@ -296,22 +308,7 @@ impl NamedLimits {
 
     /// The declaration of `name`, and whether it is a shared one.
     fn declared(&self, name: &str) -> Option<(Declared, bool)> {
-        let own = self
-            .0
-            .limits
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-            .cloned();
-        match own {
-            Some(d) => Some((d, self.0.workspace.is_none())),
-            None => self
-                .0
-                .shared
-                .as_ref()?
-                .declared(name)
-                .map(|(d, _)| (d, true)),
-        }
+        self.lookup(name, |d, _, shared| (d.clone(), shared))
     }
 
     /// Takes one limit: waits for its turn (or refuses past `wait`). Shadow limits never
@@ -358,7 +355,8 @@ impl NamedLimits {
         };
         let start = match self.start(ask)? {
             Route::Local(start) => start,
-            Route::Cluster(cluster, request, limit) => {
+            Route::Cluster(route) => {
+                let (cluster, request, limit) = *route;
                 let permit = match cluster.acquire(request).await {
                     Ok(p) => p,
                     Err(Denied::Busy { retry_after }) => {
@@ -407,6 +405,30 @@ impl NamedLimits {
                 self.0.inline.start(self.want(ask, false), Some(&own)),
             ));
         }
+        self.lookup(&ask.limit, |d, registry, shared| {
+            // Shadow limits only account, which each instance does for itself.
+            if d.spec.scope == Scope::Cluster && !d.spec.shadow {
+                if let Some(cluster) = self.cluster() {
+                    let request = self.cluster_request(ask, &d.spec, registry, shared);
+                    return Route::Cluster(Box::new((cluster, request, Arc::clone(&d.limit))));
+                }
+            }
+            let own = d
+                .spec
+                .rate_is_template()
+                .then(|| Arc::new(d.spec.params(ask.rate)));
+            Route::Local(d.limit.start(self.want(ask, shared), own.as_ref()))
+        })
+        .ok_or_else(|| AcquireError::Unknown(Arc::clone(&ask.limit)))
+    }
+
+    /// Runs `f` on the declaration of `name` under the read lock of the registry that holds
+    /// it (this one, else the shared one), with that registry and whether it is shared.
+    fn lookup<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&Declared, &NamedLimits, bool) -> R,
+    ) -> Option<R> {
         let own_or_shared = [Some(self), self.0.shared.as_ref()];
         for (registry, shared) in own_or_shared
             .into_iter()
@@ -418,24 +440,11 @@ impl NamedLimits {
                 .limits
                 .read()
                 .unwrap_or_else(PoisonError::into_inner);
-            if let Some(d) = map.get(&*ask.limit) {
-                // Shadow limits only account, which each instance does for itself.
-                if d.spec.scope == Scope::Cluster && !d.spec.shadow {
-                    if let Some(cluster) = self.cluster() {
-                        let request = self.cluster_request(ask, &d.spec, registry, shared);
-                        return Ok(Route::Cluster(cluster, request, Arc::clone(&d.limit)));
-                    }
-                }
-                let own = d
-                    .spec
-                    .rate_is_template()
-                    .then(|| Arc::new(d.spec.params(ask.rate)));
-                return Ok(Route::Local(
-                    d.limit.start(self.want(ask, shared), own.as_ref()),
-                ));
+            if let Some(d) = map.get(name) {
+                return Some(f(d, registry, shared));
             }
         }
-        Err(AcquireError::Unknown(Arc::clone(&ask.limit)))
+        None
     }
 
     /// What `ask` asks of the owner of cluster limit `spec`, declared in `registry`.
@@ -527,8 +536,9 @@ impl NamedLimits {
 enum Route {
     /// In this instance.
     Local(Start),
-    /// By the owner of a cluster limit; this instance's limit counts the outcome.
-    Cluster(Arc<ClusterLimits>, ClusterRequest, Arc<Limit>),
+    /// By the owner of a cluster limit; this instance's limit counts the outcome. Boxed:
+    /// the request is large, and a route moves on every local grant.
+    Cluster(Box<(Arc<ClusterLimits>, ClusterRequest, Arc<Limit>)>),
 }
 
 /// One limit as the operator view shows it.

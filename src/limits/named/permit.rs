@@ -22,8 +22,9 @@ pub struct Permit {
 enum Slot {
     /// A limit of this instance, for a key.
     Local(Arc<Limit>, Box<str>),
-    /// A cluster limit's owner (its permit releases on drop).
-    Cluster(ClusterPermit),
+    /// A cluster limit's owner (its permit releases on drop). Boxed: it is rare and large,
+    /// and a permit moves on every local grant.
+    Cluster(Box<ClusterPermit>),
 }
 
 impl Permit {
@@ -42,7 +43,7 @@ impl Permit {
     /// A permit of a cluster limit.
     pub(super) fn cluster(permit: ClusterPermit) -> Permit {
         Permit {
-            slot: permit.holds_slot().then_some(Slot::Cluster(permit)),
+            slot: permit.holds_slot().then(|| Slot::Cluster(Box::new(permit))),
         }
     }
 

@@ -22,14 +22,14 @@ fn yaml(text: &str) -> Value {
     }
 }
 
-fn specs(text: &str) -> Vec<LimitSpec> {
+pub(super) fn specs(text: &str) -> Vec<LimitSpec> {
     match spec::parse_limits(&yaml(text), &["limits"]) {
         Ok(s) => s,
         Err(e) => panic!("{e:?}"),
     }
 }
 
-fn setup(text: &str) -> (NamedLimits, FakeClock) {
+pub(super) fn setup(text: &str) -> (NamedLimits, FakeClock) {
     let clock = FakeClock::new();
     let limits = NamedLimits::workspace("ws", None, TimeSource::fake(clock.clone()));
     limits.update(specs(text));
@@ -43,7 +43,7 @@ fn parse_use(text: &str) -> Use {
     }
 }
 
-fn ask(limit: &str) -> Ask {
+pub(super) fn ask(limit: &str) -> Ask {
     Ask::new(limit, "")
 }
 
@@ -54,7 +54,7 @@ fn units(limit: &str, n: f64) -> Ask {
     }
 }
 
-fn waiting(limit: &str, ms: u64) -> Ask {
+pub(super) fn waiting(limit: &str, ms: u64) -> Ask {
     Ask {
         wait: Some(Duration::from_millis(ms)),
         ..ask(limit)
