@@ -293,6 +293,67 @@ fn serve_refuses_with_429_and_releases_slots_however_runs_end() {
 }
 
 #[test]
+fn a_cancelled_request_leaks_no_slot() {
+    let dir = workspace();
+    // Holds the slot for two seconds; a plain `wait` without events is a delay.
+    put(
+        dir.path(),
+        "demo",
+        "slow.yml",
+        "slug: slow\nwhen: {endpoint: true}\nlimits: [slot]\ndo: [{wait: {timeout: 1}}]\n",
+    );
+    put(
+        dir.path(),
+        "demo",
+        "probe.yml",
+        "slug: probe\nwhen: {endpoint: true}\nlimits: [{limit: slot, wait: 0}]\ndo: []\n",
+    );
+    let s = serve_with(
+        dir.path(),
+        &[
+            ("RATE_LIMIT_DISABLED", "true"),
+            ("SLUICE_ADMIN_TOKEN", "t0ken"),
+        ],
+        &[],
+    );
+    let url = |slug: &str| format!("{}/v2/workspaces/demo/webhooks/{slug}", s.base);
+    let impatient = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    // One caller gives up while its run holds the slot, another while its run waits for it.
+    for _ in 0..2 {
+        assert!(impatient.post(url("slow")).send().is_err(), "gave up");
+    }
+    // The runs are the server's: the first still holds the slot.
+    assert_eq!(post(&url("probe")).status(), 429);
+    // Both runs end within about four seconds, and then the slot is free for good.
+    let freed = within(Duration::from_secs(10), || {
+        post(&url("probe")).status() == 200
+    });
+    assert!(freed.is_some(), "the slot never came back");
+    for _ in 0..3 {
+        assert_eq!(post(&url("probe")).status(), 200);
+    }
+    let view: J = reqwest::blocking::Client::new()
+        .get(format!("{}/v2/workspaces/demo/limits", s.base))
+        .bearer_auth("t0ken")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let slot = view["limits"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["name"] == "slot"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(slot["held"], 0, "{view}");
+    assert_eq!(slot["waiters"], serde_json::json!({}), "{view}");
+    // The second run waited in line for the first one's slot, after its caller left.
+    assert_eq!(slot["waits"], 1, "{view}");
+}
+
+#[test]
 fn a_live_edit_applies_within_two_seconds_and_keeps_a_drained_bucket_drained() {
     let dir = tempfile::tempdir().unwrap();
     put(
