@@ -300,7 +300,7 @@ fn a_cancelled_request_leaks_no_slot() {
         dir.path(),
         "demo",
         "slow.yml",
-        "slug: slow\nwhen: {endpoint: true}\nlimits: [slot]\ndo: [{wait: {timeout: 1}}]\n",
+        "slug: slow\nwhen: {endpoint: true}\nlimits: [slot]\ndo: [{wait: {timeout: 2}}]\n",
     );
     put(
         dir.path(),
