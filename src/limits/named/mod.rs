@@ -357,7 +357,9 @@ impl NamedLimits {
             Route::Local(start) => start,
             Route::Cluster(route) => {
                 let (cluster, request, limit) = *route;
-                let permit = match cluster.acquire(request).await {
+                // Boxed: the round trip to the owner is a large future, and without the box
+                // every acquisition, and every execution that holds one, would carry its size.
+                let permit = match Box::pin(cluster.acquire(request)).await {
                     Ok(p) => p,
                     Err(Denied::Busy { retry_after }) => {
                         limit.count_remote(None);
