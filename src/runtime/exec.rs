@@ -10,7 +10,7 @@ use crate::bus::{Event, EventFilter, Waiter};
 use crate::config::Settings;
 use crate::dsl::Span;
 use crate::expr::{get_path, parse_variable_name, Key, Scope};
-use crate::limits::named::{Acquired, Ask, NamedLimits, Permit};
+use crate::limits::named::{Acquired, Ask, NamedLimits, Permit, Prepared};
 use crate::limits::{Budgets, LimitKind, WorkspaceLimits};
 use crate::runtime::Instruction;
 use crate::value::{Map, Value};
@@ -22,7 +22,7 @@ use std::time::Duration;
 
 /// How a block ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Flow {
+pub(crate) enum Flow {
     /// Ran to its end.
     Continue,
     /// Stopped by `break`; `all` when the callers stop too.
@@ -262,11 +262,26 @@ impl<'a> Exec<'a> {
             if let Some(permit) = named.try_prepared(prepared) {
                 return Ok(Some(Held::Permit(permit)));
             }
-            let first = &a.limits[0].1;
+        }
+        // Boxed: the whole way is a large future, which every execution would otherwise
+        // carry and move, even one whose limits are taken at once or that has none.
+        let got = Box::pin(self.take_limits(named, constant.as_ref())).await?;
+        Ok(Some(Held::Acquired(got)))
+    }
+
+    /// Takes the automation's `limits:` the whole way: rendered (unless `prepared`), then
+    /// waited for or refused.
+    async fn take_limits(
+        &self,
+        named: &NamedLimits,
+        prepared: Option<&Prepared>,
+    ) -> Result<Acquired, ExecError> {
+        let uses = &self.x.automation.limits;
+        let first = &uses[0].1;
+        if let Some(prepared) = prepared {
             return self
                 .acquire_named(prepared.asks())
                 .await
-                .map(|got| Some(Held::Acquired(got)))
                 .map_err(|e| self.locate(e, first));
         }
         let render = |(u, span): &(crate::limits::named::Use, Span)| {
@@ -274,8 +289,7 @@ impl<'a> Exec<'a> {
                 .render(u, self)
                 .map_err(|e| self.locate(e.into(), span))
         };
-        let first = &a.limits[0];
-        let held = match &a.limits[..] {
+        let held = match &uses[..] {
             // The common case takes its one limit without building a list.
             [one] => {
                 self.acquire_named(std::slice::from_ref(&render(one)?))
@@ -286,8 +300,7 @@ impl<'a> Exec<'a> {
                 self.acquire_named(&asks).await
             }
         };
-        held.map(|got| Some(Held::Acquired(got)))
-            .map_err(|e| self.locate(e, &first.1))
+        held.map_err(|e| self.locate(e, first))
     }
 
     /// The automation's `limits:` rendered, when none depends on the execution: names of
