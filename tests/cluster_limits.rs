@@ -596,6 +596,45 @@ async fn a_shut_down_owner_hands_over_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unused_limit_retires_its_agents_and_its_owner_hands_it_back() {
+    let nats = NatsServer::start();
+    let a = instance(&nats.url, rate20(), json!({})).await;
+    let b = instance(&nats.url, rate20(), json!({})).await;
+    // A uses the limit first, so it owns it; then only B uses it.
+    take(&a.ws, &ask("rate", 10, None, None)).await.unwrap();
+    let limit = LimitRef::shared("rate");
+    let idle = Duration::from_secs(LEASE_SECS * 12);
+    let until = Instant::now() + idle + Duration::from_secs(LEASE_SECS);
+    while Instant::now() < until {
+        take(&b.ws, &ask("rate", 10, None, None)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Idle on A itself for longer than the idle time, the owner stays: B uses it through A.
+    assert!(a.engine.snapshot(&limit).is_some(), "the owner retired");
+    assert!(b
+        .cluster
+        .status(&limit)
+        .is_some_and(|s| s.owner == a.cluster.instance()));
+    // Once nobody uses it, both agents retire and the owner hands its state back.
+    let retired = eventually(idle + Duration::from_secs(3 * LEASE_SECS), || {
+        a.cluster.status(&limit).is_none()
+            && b.cluster.status(&limit).is_none()
+            && a.engine.snapshot(&limit).is_none()
+    })
+    .await;
+    assert!(retired, "an unused limit kept its agents or its owner");
+    // Used again, it gets a new agent and owner at once.
+    take(&b.ws, &ask("rate", 10, None, None)).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || b
+            .cluster
+            .status(&limit)
+            .is_some_and(|s| !s.owner.is_empty()))
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_names_the_limit_and_when_capacity_returns() {
     let nats = NatsServer::start();
     let a = instance(&nats.url, rate20(), json!({})).await;

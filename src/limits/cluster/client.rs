@@ -6,7 +6,9 @@
 //! and waiting requests to the owner. When the owner stops answering the agent retries every
 //! [`RETRY`], so a new owner gets the lease and the survivors' slots without delay, and
 //! requests the new owner does not know are sent again (keeping their priority and lane;
-//! their wait keeps running).
+//! their wait keeps running). An agent whose limit nobody used for [`IDLE_LEASES`] leases
+//! (here, nor through this instance as its owner), with no slot held or request waiting
+//! anywhere, retires and hands its lease over; the next use starts a new one.
 
 use super::lease::{Holder, Leases};
 use super::owner::Owner;
@@ -36,6 +38,10 @@ const GRACE: Duration = Duration::from_millis(500);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Attempts to deliver a release before leaving it to the next heartbeat.
 const RELEASE_ATTEMPTS: usize = 3;
+/// Leases after which a limit nobody used retires its agent (and hands its lease over):
+/// a minute at the default lease, so a workspace that used many limits once, or renamed
+/// them, leaves no task, timer or lease behind.
+const IDLE_LEASES: u32 = 12;
 
 /// Cluster limits as seen by one instance; dropping it stops its tasks (as a dead instance
 /// would), [`ClusterLimits::shutdown`] first hands its limits over.
@@ -58,8 +64,10 @@ struct Shared {
 }
 
 /// This instance's state for one cluster limit.
-#[derive(Default)]
 struct Limit {
+    /// When an acquisition last asked for the limit here, or (when this instance owns it)
+    /// last reached its owner task: the agent retires once it is old and nothing is held.
+    used: Used,
     /// Held slots: request number → key.
     held: Mutex<HashMap<u64, String>>,
     /// Requests waiting for an answer: number → where the answer goes.
@@ -68,6 +76,50 @@ struct Limit {
     status: Mutex<Option<ClusterStatus>>,
     /// Wakes the agent early: a request found no owner.
     poke: Notify,
+}
+
+impl Limit {
+    fn new() -> Limit {
+        Limit {
+            used: Used::default(),
+            held: Mutex::default(),
+            waiting: Mutex::default(),
+            status: Mutex::default(),
+            poke: Notify::new(),
+        }
+    }
+
+    /// Nothing used it for `idle`, this instance holds and awaits nothing of it, and the
+    /// owner's last answer showed no holder or waiter anywhere.
+    fn is_idle(&self, idle: Duration) -> bool {
+        self.used.since() >= idle
+            && lock(&self.held).is_empty()
+            && lock(&self.waiting).is_empty()
+            && lock(&self.status)
+                .as_ref()
+                .is_some_and(|s| s.holders == 0 && s.waiters == 0)
+    }
+}
+
+/// The last use of a limit on this instance.
+#[derive(Clone)]
+pub(super) struct Used(Arc<Mutex<Instant>>);
+
+impl Default for Used {
+    fn default() -> Used {
+        Used(Arc::new(Mutex::new(Instant::now())))
+    }
+}
+
+impl Used {
+    /// Records a use now.
+    pub(super) fn touch(&self) {
+        *lock(&self.0) = Instant::now();
+    }
+
+    fn since(&self) -> Duration {
+        lock(&self.0).elapsed()
+    }
 }
 
 impl ClusterLimits {
@@ -243,7 +295,10 @@ impl ClusterLimits {
 
     /// This instance's state for `limit`, starting its agent on first use.
     fn limit(&self, limit: &LimitRef) -> Arc<Limit> {
+        // Touched under the map's guard: an agent retires only by removing its entry under
+        // the same shard's lock, after seeing it unused, so a use is never lost to it.
         if let Some(state) = self.shared.limits.get(limit) {
+            state.used.touch();
             return state.clone();
         }
         let mut created = false;
@@ -253,9 +308,10 @@ impl ClusterLimits {
             .entry(limit.clone())
             .or_insert_with(|| {
                 created = true;
-                Arc::new(Limit::default())
+                Arc::new(Limit::new())
             })
             .clone();
+        state.used.touch();
         if created {
             let shared = self.shared.clone();
             let limit = limit.clone();
@@ -404,13 +460,23 @@ async fn agent(shared: Arc<Shared>, limit: LimitRef, state: Arc<Limit>) {
                 serving = None;
             }
         } else {
-            take(&shared, &limit, &mut serving).await;
+            take(&shared, &limit, &state.used, &mut serving).await;
         }
         let pause = if heartbeat(&shared, &limit, &state).await {
             shared.settings.renew_every()
         } else {
             RETRY
         };
+        let idle = shared.settings.lease() * IDLE_LEASES;
+        if state.is_idle(idle)
+            && shared
+                .limits
+                .remove_if(&limit, |_, s| Arc::ptr_eq(s, &state) && s.is_idle(idle))
+                .is_some()
+        {
+            tracing::debug!(%limit, "retiring an unused cluster limit");
+            break;
+        }
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             () = state.poke.notified() => {}
@@ -444,7 +510,7 @@ struct Serving {
 }
 
 /// Tries to take the lease; starts serving if it did.
-async fn take(shared: &Arc<Shared>, limit: &LimitRef, serving: &mut Option<Serving>) {
+async fn take(shared: &Arc<Shared>, limit: &LimitRef, used: &Used, serving: &mut Option<Serving>) {
     let sent_at = Instant::now();
     match shared.leases.take(limit).await {
         Ok(Holder::Me { revision, fresh }) => {
@@ -456,6 +522,7 @@ async fn take(shared: &Arc<Shared>, limit: &LimitRef, serving: &mut Option<Servi
                 instance: shared.instance.clone(),
                 limit: limit.clone(),
                 fresh,
+                used: used.clone(),
             };
             let name = limit.clone();
             let task = tokio::spawn(async move {

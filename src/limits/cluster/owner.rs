@@ -12,6 +12,7 @@
 //! - A queued request its instance's heartbeat no longer lists (the caller gave up) leaves
 //!   the line, so abandoned waits take neither units nor slots.
 
+use super::client::Used;
 use super::holders::Holders;
 use super::wire::{self, Late, Reply, ToOwner};
 use super::{ClusterError, ClusterSettings, Grant, GrantRequest, HolderId, LimitRef, LocalGrantor};
@@ -42,6 +43,9 @@ pub(super) struct Owner {
     pub limit: LimitRef,
     /// Nobody owned the limit recently: no slot to learn, no grant to make up for.
     pub fresh: bool,
+    /// Touched by every acquisition that reaches this owner, from any instance: an owner
+    /// that other instances use is not idle.
+    pub used: Used,
 }
 
 /// An acquisition the owner knows, by instance and number.
@@ -123,6 +127,7 @@ impl Owner {
                     let Some(reply_to) = message.reply.clone() else { continue };
                     let reply = match wire::decode::<ToOwner>(&message.payload, "cluster limit request") {
                         Ok(ToOwner::Acquire { instance, request, ask, wait_ms }) => {
+                            self.used.touch();
                             let known = lock(&state).requests.get(&(instance.clone(), request)).cloned();
                             match known {
                                 Some(Known::Queued { .. }) => Reply::Queued,
