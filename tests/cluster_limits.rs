@@ -623,8 +623,16 @@ async fn an_unused_limit_retires_its_agents_and_its_owner_hands_it_back() {
     })
     .await;
     assert!(retired, "an unused limit kept its agents or its owner");
-    // Used again, it gets a new agent and owner at once.
-    take(&b.ws, &ask("rate", 10, None, None)).await.unwrap();
+    // Used again, it gets a new agent and owner at once. The owner handed the lease back
+    // rather than letting it lapse, so the next one starts empty, as after a takeover: a
+    // long-period limit is not refilled by a quiet minute.
+    let mut whole_burst = ask("rate", 10, None, Some(Duration::from_secs(5)));
+    whole_burst.units = 20.0;
+    let got = take(&b.ws, &whole_burst).await.unwrap();
+    assert!(
+        !got.total_wait().is_zero(),
+        "a full burst was granted at once after the hand-back"
+    );
     assert!(
         eventually(Duration::from_secs(5), || b
             .cluster
