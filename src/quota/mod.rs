@@ -239,6 +239,7 @@ impl Quotas {
         let state = self.state(ws, now);
         let mut s = lock(&state);
         s.roll(now, &self.0.orphans);
+        s.seen = now;
         s.pending.charge(slug, n);
         Ok(())
     }
@@ -248,6 +249,7 @@ impl Quotas {
         let state = self.state(ws, now);
         let mut s = lock(&state);
         s.roll(now, &self.0.orphans);
+        s.seen = now;
         let Some((band, settings)) = self.0.bands.current(s.percent()) else {
             return Decision {
                 band: None,
@@ -319,7 +321,7 @@ impl Quotas {
         };
         let past = cycle.filter(|c| *c != current.id);
         let Some(id) = past else {
-            if !lock(&state).synced {
+            if self.refresh(&state, now) {
                 self.flush(now).await?;
             }
             let ledger = lock(&state).ledger();
@@ -350,14 +352,26 @@ impl Quotas {
         Ok(UsageView::new(&empty, &self.0.bands))
     }
 
+    /// Whether a view of `state` must read the store first: never read, or not in use here
+    /// lately with a shared store (whose other instances may have charged it since). Marks
+    /// it unsynced, so that the next flush reads it once; a view does not put it in use, so
+    /// a page polling every workspace's usage reads each once per poll, not at every flush.
+    fn refresh(&self, state: &Mutex<WsState>, now: DateTime<Utc>) -> bool {
+        let mut s = lock(state);
+        if self.0.store.shared() && !s.in_use(now) {
+            s.synced = false;
+        }
+        !s.synced
+    }
+
     /// The current usage of every workspace known here, by name.
     pub async fn list(&self, now: DateTime<Utc>) -> Result<Vec<(String, UsageView)>, QuotaError> {
-        let unsynced = self.0.workspaces.iter().any(|e| {
-            let mut s = lock(e.value());
-            s.roll(now, &self.0.orphans);
-            !s.synced
-        });
-        if unsynced {
+        let mut stale = false;
+        for e in self.0.workspaces.iter() {
+            lock(e.value()).roll(now, &self.0.orphans);
+            stale |= self.refresh(e.value(), now);
+        }
+        if stale {
             self.flush(now).await?;
         }
         let mut all: Vec<(String, UsageView)> = self
@@ -384,7 +398,10 @@ impl Quotas {
         for entry in self.0.workspaces.iter() {
             let mut s = lock(entry.value());
             s.roll(now, &self.0.orphans);
-            if s.pending.is_empty() && s.synced && !shared {
+            // Reading back what other instances charged matters only for workspaces in
+            // use here; the others are read again when next used or shown.
+            let read_back = shared && s.in_use(now);
+            if s.pending.is_empty() && s.synced && !read_back {
                 continue;
             }
             s.in_flight = std::mem::take(&mut s.pending);

@@ -441,13 +441,29 @@ fn costs_are_read_per_built_in_limit() {
     assert_eq!(costs, [1.0, 0.5, 2.0, 0.01]);
 }
 
-/// The embedded store, failing while `down` is set.
+/// The embedded store, failing while `down` is set, counting the ledgers it is handed, and
+/// standing for a store shared by instances when `shared` (two of them over one `inner`).
 struct Flaky {
-    inner: RedbStore,
+    inner: Arc<RedbStore>,
     down: std::sync::atomic::AtomicBool,
+    shared: bool,
+    applied: std::sync::atomic::AtomicUsize,
 }
 
 impl Flaky {
+    fn over(inner: Arc<RedbStore>, shared: bool) -> Arc<Flaky> {
+        Arc::new(Flaky {
+            inner,
+            down: false.into(),
+            shared,
+            applied: 0.into(),
+        })
+    }
+
+    fn applied(&self) -> usize {
+        self.applied.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn err(&self) -> Option<StoreError> {
         self.down
             .load(std::sync::atomic::Ordering::SeqCst)
@@ -460,6 +476,8 @@ impl Store for Flaky {
         &'a self,
         batch: &'a [(LedgerKey, Ledger)],
     ) -> futures::future::BoxFuture<'a, Vec<Result<Ledger, StoreError>>> {
+        self.applied
+            .fetch_add(batch.len(), std::sync::atomic::Ordering::SeqCst);
         match self.err() {
             Some(e) => Box::pin(async move { vec![Err(e); batch.len()] }),
             None => self.inner.apply(batch),
@@ -485,17 +503,15 @@ impl Store for Flaky {
     }
 
     fn shared(&self) -> bool {
-        false
+        self.shared
     }
 }
 
 #[tokio::test]
 async fn a_failed_flush_keeps_every_charge_for_the_next_one() {
     let dir = tempfile::tempdir().unwrap();
-    let flaky = Arc::new(Flaky {
-        inner: RedbStore::open(dir.path()).unwrap(),
-        down: true.into(),
-    });
+    let flaky = Flaky::over(Arc::new(RedbStore::open(dir.path()).unwrap()), false);
+    flaky.down.store(true, std::sync::atomic::Ordering::SeqCst);
     let q = Quotas::new(settings(), flaky.clone());
     let mut events = q.subscribe();
     let now = utc(NOW);
@@ -560,4 +576,57 @@ async fn restrictions_end_when_the_cycle_resets_in_the_workspace_zone() {
     let reset = utc("2026-12-01T05:00:00Z");
     let d = q.decision("ws", QuotaClass::Premium, reset);
     assert_eq!((d.band, d.restricted, d.slow), (None, None, 1.0));
+}
+
+#[tokio::test]
+async fn a_shared_store_is_read_back_only_for_workspaces_in_use_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(RedbStore::open(dir.path()).unwrap());
+    let (a, b) = (Flaky::over(store.clone(), true), Flaky::over(store, true));
+    let (qa, qb) = (
+        Quotas::new(settings(), a.clone()),
+        Quotas::new(settings(), b.clone()),
+    );
+    let now = utc(NOW);
+    qb.charge("ws", "x", 10.0, now).unwrap();
+    qb.flush(now).await.unwrap();
+    assert_eq!(qa.usage("ws", None, now).await.unwrap().used, 10.0);
+    // In use on A: each of A's flushes reads B's charges back.
+    qa.decision("ws", QuotaClass::Standard, now);
+    qb.charge("ws", "x", 5.0, now).unwrap();
+    qb.flush(now).await.unwrap();
+    let before = a.applied();
+    qa.flush(now).await.unwrap();
+    assert_eq!(a.applied() - before, 1);
+    assert_eq!(qa.usage("ws", None, now).await.unwrap().used, 15.0);
+    // A minute later, unused on A: its flushes leave it alone.
+    let later = now + chrono::TimeDelta::seconds(61);
+    let before = a.applied();
+    qa.flush(later).await.unwrap();
+    assert_eq!(a.applied(), before, "an unused workspace was read back");
+    // A view reads it once, without putting it back in use.
+    qb.charge("ws", "x", 5.0, later).unwrap();
+    qb.flush(later).await.unwrap();
+    assert_eq!(qa.usage("ws", None, later).await.unwrap().used, 20.0);
+    let listed = qa.list(later).await.unwrap();
+    assert_eq!(listed[0].1.used, 20.0);
+    let before = a.applied();
+    qa.flush(later).await.unwrap();
+    assert_eq!(a.applied(), before);
+    // Used again, it is read back at every flush.
+    qa.charge("ws", "y", 1.0, later).unwrap();
+    qb.charge("ws", "x", 4.0, later).unwrap();
+    qb.flush(later).await.unwrap();
+    qa.flush(later).await.unwrap();
+    assert_eq!(qa.usage("ws", None, later).await.unwrap().used, 25.0);
+    // Alone, nothing is ever read back: the store holds only this instance's charges.
+    let alone_dir = tempfile::tempdir().unwrap();
+    let alone = Flaky::over(Arc::new(RedbStore::open(alone_dir.path()).unwrap()), false);
+    let q = Quotas::new(settings(), alone.clone());
+    q.charge("ws", "x", 1.0, now).unwrap();
+    q.flush(now).await.unwrap();
+    let before = alone.applied();
+    q.decision("ws", QuotaClass::Standard, now);
+    q.flush(now).await.unwrap();
+    assert_eq!(alone.applied(), before);
 }

@@ -11,6 +11,12 @@ use chrono::{DateTime, Utc};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// One workspace's quota in the current cycle.
+/// How long after its last use here a workspace's usage is still read back from a shared
+/// store at every flush (other instances' charges seen within a flush). Later, a view reads
+/// it once first, and the next use puts it back in use: an instance that knows thousands of
+/// workspaces reads only those it runs.
+pub(super) const IN_USE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
 pub(super) struct WsState {
     /// The workspace, for the store's keys.
     pub(super) name: Arc<str>,
@@ -24,8 +30,12 @@ pub(super) struct WsState {
     pub(super) in_flight: Totals,
     /// Counted here since the last flush.
     pub(super) pending: Totals,
-    /// Whether `base` was read from the store for this cycle.
+    /// Whether `base` was read from the store for this cycle (and, with a shared store,
+    /// since the workspace was last out of use here).
     pub(super) synced: bool,
+    /// When this instance last charged or decided for the workspace: with a shared store,
+    /// only workspaces in use are read back at every flush.
+    pub(super) seen: DateTime<Utc>,
     /// The bands of this cycle already announced (by any instance).
     pub(super) announced: Vec<f64>,
 }
@@ -41,8 +51,14 @@ impl WsState {
             in_flight: Totals::default(),
             pending: Totals::default(),
             synced: false,
+            seen: now,
             announced: Vec::new(),
         }
+    }
+
+    /// Whether this instance used the workspace within [`IN_USE`] of `now`.
+    pub(super) fn in_use(&self, now: DateTime<Utc>) -> bool {
+        now - self.seen < IN_USE
     }
 
     /// Moves to the cycle of `now` if this one is over: what was pending goes to
