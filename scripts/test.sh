@@ -28,5 +28,7 @@ fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # Module arrows go one way (issue 11): fail on a cycle between top-level modules.
 scripts/module-graph.sh >/dev/null || { scripts/module-graph.sh >&2; exit 1; }
+# The library's docs build without a broken or private link.
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --lib --quiet
 # --no-fail-fast: one failing file must not hide the results of the others.
 cargo test --locked --all-targets --no-fail-fast

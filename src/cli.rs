@@ -25,7 +25,7 @@ pub struct RunArgs {
     /// The trigger payload, a JSON object whose keys become variables.
     #[arg(long, default_value = "{}")]
     pub payload: String,
-    /// The workspace's secrets file (default: <SLUICE_SECRETS>/<workspace>.yml).
+    /// The workspace's secrets file (default: $SLUICE_SECRETS/WORKSPACE.yml).
     #[arg(long)]
     pub secrets: Option<PathBuf>,
     /// Print a JSON report: output, emitted events, throttled, duration, error.

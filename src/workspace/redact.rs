@@ -26,7 +26,7 @@ const SETTING_PREFIXES: [&str; 2] = [
 ];
 
 /// Hides one workspace's secret values (strings and numbers of at least
-/// [`MIN_SECRET_LEN`] characters) in texts and values. Cheap to clone.
+/// `MIN_SECRET_LEN` (3) characters) in texts and values. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Redactor {
     /// The secret texts, for the logs' union of every workspace.

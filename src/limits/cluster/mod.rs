@@ -4,15 +4,15 @@
 //! Why this shape:
 //! - Coordination is NATS's, not ours: ownership is a JetStream key-value entry with a
 //!   per-key TTL, taken with `create` and renewed by compare-and-set on its revision
-//!   ([`lease`]). When the owner dies its entry expires and another instance's take wins.
+//!   (`lease`). When the owner dies its entry expires and another instance's take wins.
 //! - The owner runs the local limiter (the section-7 engine, behind [`LocalGrantor`]) for the
 //!   whole cluster, so rate, burst, concurrency, lanes and priority are exact: every waiter
-//!   of the cluster sits in one waiting line ([`owner`]).
-//! - Instances ask the owner by NATS request/reply ([`client`], [`wire`]): a request is
+//!   of the cluster sits in one waiting line (`owner`).
+//! - Instances ask the owner by NATS request/reply (`client`, `wire`): a request is
 //!   answered at once (granted, refused, or queued); a queued one gets its answer later on the
 //!   instance's inbox. A request that gets no answer is sent again under the same id, which
 //!   the owner recognises, so nothing is lost silently or granted twice.
-//! - Slots are leases too ([`holders`]): each instance heartbeats its held slots to the owner
+//! - Slots are leases too (`holders`): each instance heartbeats its held slots to the owner
 //!   every third of `lease_secs`; the slots of an instance that stops are freed within
 //!   `lease_secs`, and a new owner learns held slots from those heartbeats.
 //! - A new owner starts with empty buckets, so a takeover never grants more than one burst

@@ -1,7 +1,7 @@
 //! The section-7 engine as the limiter a cluster owner runs (SPEC section 9), and the
 //! translation of a limit's settings to and from what travels to the owner.
 //!
-//! The owner of a cluster limit drives the very [`Limit`] the local path uses: the waiters
+//! The owner of a cluster limit drives the very `Limit` the local path uses: the waiters
 //! of the whole cluster sit in its one line, so lanes (weighted round-robin), priority,
 //! arrival order, units, burst pieces and concurrency are decided exactly as for a local
 //! limit. Each ask carries the settings its instance declares; the owner applies them per
