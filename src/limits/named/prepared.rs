@@ -44,7 +44,7 @@ impl std::fmt::Debug for Prepared {
 impl NamedLimits {
     /// Prepares `asks`, rendered once because none depends on the execution.
     pub fn prepare(&self, asks: Vec<Ask>) -> Prepared {
-        let fast = self.look_up(&asks);
+        let fast = self.resolve(&asks);
         Prepared {
             asks,
             fast: RwLock::new(fast),
@@ -65,13 +65,15 @@ impl NamedLimits {
                 return fast.limit.as_ref()?.try_grant(&ask.key, ask.units);
             }
         }
-        let fresh = self.look_up(&prepared.asks);
-        let permit = fresh.limit.as_ref()?.try_grant(&ask.key, ask.units);
+        // Stored before it is used, even when the fast path does not apply, so that the
+        // next executions do not look it up again.
+        let fresh = self.resolve(&prepared.asks);
+        let limit = fresh.limit.clone();
         *prepared
             .fast
             .write()
             .unwrap_or_else(PoisonError::into_inner) = fresh;
-        permit
+        limit?.try_grant(&ask.key, ask.units)
     }
 
     /// The generations of this registry and of its shared one.
@@ -83,7 +85,7 @@ impl NamedLimits {
     /// Looks up the limit of a single declared ask that this instance decides. The
     /// generation is read first: a change that lands during the lookup leaves it stale,
     /// never wrongly current.
-    fn look_up(&self, asks: &[Ask]) -> Fast {
+    fn resolve(&self, asks: &[Ask]) -> Fast {
         let generation = self.generation();
         let limit = match asks {
             [ask] if ask.inline.is_none() => self
@@ -168,6 +170,13 @@ mod tests {
         }
         let views = limits.snapshot();
         assert!(views.iter().all(|v| v.state.keys == 0), "nothing was taken");
+        // After a change, a lookup that finds no fast path is kept too, not redone per run.
+        let prepared = limits.prepare(vec![ask("missing")]);
+        limits.update(specs("pilot: {rate: 2, per: second, shadow: true}"));
+        assert!(limits.try_prepared(&prepared).is_none());
+        let fast = prepared.fast.read().unwrap();
+        assert_eq!(fast.generation, limits.generation());
+        assert!(fast.limit.is_none());
     }
 
     #[tokio::test]
