@@ -321,7 +321,7 @@ impl Quotas {
         };
         let past = cycle.filter(|c| *c != current.id);
         let Some(id) = past else {
-            if self.refresh(&state, now) {
+            if self.refresh(&mut lock(&state), now) {
                 self.flush(now).await?;
             }
             let ledger = lock(&state).ledger();
@@ -356,8 +356,7 @@ impl Quotas {
     /// lately with a shared store (whose other instances may have charged it since). Marks
     /// it unsynced, so that the next flush reads it once; a view does not put it in use, so
     /// a page polling every workspace's usage reads each once per poll, not at every flush.
-    fn refresh(&self, state: &Mutex<WsState>, now: DateTime<Utc>) -> bool {
-        let mut s = lock(state);
+    fn refresh(&self, s: &mut WsState, now: DateTime<Utc>) -> bool {
         if self.0.store.shared() && !s.in_use(now) {
             s.synced = false;
         }
@@ -368,8 +367,9 @@ impl Quotas {
     pub async fn list(&self, now: DateTime<Utc>) -> Result<Vec<(String, UsageView)>, QuotaError> {
         let mut stale = false;
         for e in self.0.workspaces.iter() {
-            lock(e.value()).roll(now, &self.0.orphans);
-            stale |= self.refresh(e.value(), now);
+            let mut s = lock(e.value());
+            s.roll(now, &self.0.orphans);
+            stale |= self.refresh(&mut s, now);
         }
         if stale {
             self.flush(now).await?;

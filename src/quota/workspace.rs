@@ -10,13 +10,13 @@ use super::{bands, Cycle, QuotaPolicy};
 use chrono::{DateTime, Utc};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// One workspace's quota in the current cycle.
 /// How long after its last use here a workspace's usage is still read back from a shared
 /// store at every flush (other instances' charges seen within a flush). Later, a view reads
 /// it once first, and the next use puts it back in use: an instance that knows thousands of
 /// workspaces reads only those it runs.
 pub(super) const IN_USE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
+/// One workspace's quota in the current cycle.
 pub(super) struct WsState {
     /// The workspace, for the store's keys.
     pub(super) name: Arc<str>,

@@ -64,6 +64,7 @@ struct Shared {
 }
 
 /// This instance's state for one cluster limit.
+#[derive(Default)]
 struct Limit {
     /// When an acquisition last asked for the limit here, or (when this instance owns it)
     /// last reached its owner task: the agent retires once it is old and nothing is held.
@@ -79,16 +80,6 @@ struct Limit {
 }
 
 impl Limit {
-    fn new() -> Limit {
-        Limit {
-            used: Used::default(),
-            held: Mutex::default(),
-            waiting: Mutex::default(),
-            status: Mutex::default(),
-            poke: Notify::new(),
-        }
-    }
-
     /// Nothing used it for `idle`, this instance holds and awaits nothing of it, and the
     /// owner's last answer showed no holder or waiter anywhere.
     fn is_idle(&self, idle: Duration) -> bool {
@@ -308,7 +299,7 @@ impl ClusterLimits {
             .entry(limit.clone())
             .or_insert_with(|| {
                 created = true;
-                Arc::new(Limit::new())
+                Arc::new(Limit::default())
             })
             .clone();
         state.used.touch();
