@@ -8,7 +8,6 @@
 //! trips and the acquisitions per second next to criterion's estimate.
 
 mod common;
-use common::{start_server, stop_server};
 use criterion::{criterion_group, criterion_main, Criterion};
 use sluice::limits::cluster::{ClusterLimits, ClusterSettings};
 use sluice::limits::named::spec::parse_limits;
@@ -60,19 +59,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn bench(c: &mut Criterion) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pidfile = dir.path().join("nats.pid");
-    let url = start_server(&pidfile);
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio");
+    let nats = common::Nats::start();
+    let tokio = common::runtime();
     let (owner, asker, _handle) = tokio.block_on(async {
         // The first to use the limit takes its lease.
-        let (owner, cluster) = instance(&url).await;
+        let (owner, cluster) = instance(&nats.url).await;
         let owner_handle = ready(&owner, cluster).await;
-        let (asker, cluster) = instance(&url).await;
+        let (asker, cluster) = instance(&nats.url).await;
         ready(&asker, cluster).await;
         (owner, asker, owner_handle)
     });
@@ -123,7 +116,6 @@ fn bench(c: &mut Criterion) {
     });
     println!("one owner granted {rate:.0} acquisitions/s to {PIPELINE_TASKS} pipelined tasks");
     drop(owner);
-    stop_server(&pidfile);
 }
 
 criterion_group!(benches, bench);

@@ -6,7 +6,6 @@
 //! Prints the median and p99 of every measured emit next to criterion's estimate.
 
 mod common;
-use common::{start_server, stop_server};
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures::future::BoxFuture;
 use sluice::bus::{Bus, Event, EventHandler, NatsBus, Source};
@@ -43,19 +42,17 @@ fn event(n: u64) -> Event {
 }
 
 fn bench(c: &mut Criterion) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pidfile = dir.path().join("nats.pid");
-    let url = start_server(&pidfile);
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio");
+    let nats = common::Nats::start();
+    let tokio = common::runtime();
     let (tx, rx) = mpsc::unbounded_channel();
     let bus = tokio.block_on(async {
-        let bus = NatsBus::connect(&url, &NatsSettings::default(), Arc::new(Metrics::default()))
-            .await
-            .expect("connect");
+        let bus = NatsBus::connect(
+            &nats.url,
+            &NatsSettings::default(),
+            Arc::new(Metrics::default()),
+        )
+        .await
+        .expect("connect");
         bus.start(Arc::new(Started(tx)));
         bus
     });
@@ -94,7 +91,6 @@ fn bench(c: &mut Criterion) {
     }
     tokio.block_on(bus.shutdown());
     drop(tokio);
-    stop_server(&pidfile);
 }
 
 criterion_group!(benches, bench);
