@@ -53,8 +53,9 @@ pub struct Workspace<I> {
     pub budgets: Budgets,
     /// The named limits `workspace.yml` declares (SPEC section 7).
     pub limits: Vec<LimitSpec>,
-    /// Where they are declared, to locate problems found once the shared ones are known.
-    pub limits_file: Option<PathBuf>,
+    /// Where they are declared and the text as loaded (already bounded), to locate problems
+    /// found once the shared ones are known without reading the file again.
+    pub limits_file: Option<(PathBuf, Arc<str>)>,
     /// The live registry of those limits, set by the runtime that installs the workspace
     /// (it outlives reloads, so a reload keeps what is used and held).
     pub named: Option<NamedLimits>,
@@ -252,7 +253,7 @@ pub fn load_with<I: Compile>(
                     name = n.unwrap_or(name);
                     config = c;
                     limits = l;
-                    limits_file = Some(file.clone());
+                    limits_file = Some((file.clone(), Arc::from(text.as_str())));
                 }
                 Err(d) => errors.extend(d),
             }
@@ -323,10 +324,9 @@ impl<I: Compile> Workspace<I> {
     pub fn limit_diagnostics(&self, shared: &[LimitSpec]) -> Vec<Diagnostic> {
         let mut found = Vec::new();
         let taken = named::spec::check_not_shared(&self.limits, shared, &["limits"]);
-        if let (Some(file), false) = (&self.limits_file, taken.is_empty()) {
-            let text = std::fs::read_to_string(file).unwrap_or_default();
+        if let (Some((file, text)), false) = (&self.limits_file, taken.is_empty()) {
             for e in taken {
-                let (line, column) = crate::dsl::locate_path(&text, &e.path);
+                let (line, column) = crate::dsl::locate_path(text, &e.path);
                 found.push(Diagnostic {
                     file: file.clone(),
                     line,
