@@ -61,8 +61,7 @@ impl UsageHost for RuntimeHost {
         let limiters = self.0.limiters();
         // The band as of now, so a page shows `slow` lifted at once after credits are added.
         if let Some(quotas) = self.0.quotas() {
-            let decision = quotas.decision(ws, crate::quota::QuotaClass::Essential, Utc::now());
-            limiters.set_slow(ws, decision.slow);
+            limiters.set_slow(ws, quotas.slow(ws, Utc::now()));
         }
         let limits = limiters.workspace(ws);
         crate::limits::LimitKind::ALL.map(|kind| LimitActivity {

@@ -36,7 +36,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::broadcast;
-use workspace::{lock, WsState};
+use workspace::{lock, WsState, LIST_REFRESH};
 
 /// How many band events a slow subscriber may fall behind before missing some.
 const EVENTS_CAPACITY: usize = 1024;
@@ -244,6 +244,19 @@ impl Quotas {
         Ok(())
     }
 
+    /// The factor `ws`'s band scales the built-in rates by (1 outside every band). Unlike
+    /// [`Quotas::decision`] it is not a use of the workspace, so the periodic sync and the
+    /// pages that call it for every workspace do not keep them all read back.
+    pub fn slow(&self, ws: &str, now: DateTime<Utc>) -> f64 {
+        let state = self.state(ws, now);
+        let mut s = lock(&state);
+        s.roll(now, &self.0.orphans);
+        self.0
+            .bands
+            .current(s.percent())
+            .map_or(1.0, |(_, settings)| settings.slow_factor())
+    }
+
     /// Whether work of `class` may start in `ws` now, and how fast the workspace runs.
     pub fn decision(&self, ws: &str, class: QuotaClass, now: DateTime<Utc>) -> Decision {
         let state = self.state(ws, now);
@@ -321,7 +334,7 @@ impl Quotas {
         };
         let past = cycle.filter(|c| *c != current.id);
         let Some(id) = past else {
-            if self.refresh(&mut lock(&state), now) {
+            if self.refresh(&mut lock(&state), now, chrono::TimeDelta::zero()) {
                 self.flush(now).await?;
             }
             let ledger = lock(&state).ledger();
@@ -352,24 +365,28 @@ impl Quotas {
         Ok(UsageView::new(&empty, &self.0.bands))
     }
 
-    /// Whether a view of `state` must read the store first: never read, or not in use here
-    /// lately with a shared store (whose other instances may have charged it since). Marks
-    /// it unsynced, so that the next flush reads it once; a view does not put it in use, so
-    /// a page polling every workspace's usage reads each once per poll, not at every flush.
-    fn refresh(&self, s: &mut WsState, now: DateTime<Utc>) -> bool {
-        if self.0.store.shared() && !s.in_use(now) {
+    /// Whether a view of `s` must read the store first: never read, or not in use here
+    /// lately with a shared store (whose other instances may have charged it since) and last
+    /// read at least `every` ago. Marks it unsynced, so that the next flush reads it once; a
+    /// view does not put it in use.
+    fn refresh(&self, s: &mut WsState, now: DateTime<Utc>, every: chrono::TimeDelta) -> bool {
+        let due = s.read_at.is_none_or(|at| now - at >= every);
+        if self.0.store.shared() && !s.in_use(now) && due {
             s.synced = false;
         }
         !s.synced
     }
 
     /// The current usage of every workspace known here, by name.
+    /// Workspaces not in use here are read again at most every [`LIST_REFRESH`], so that a
+    /// page or the metrics sync polling every workspace reads each idle one that often, not
+    /// at every poll; one workspace's view is always read.
     pub async fn list(&self, now: DateTime<Utc>) -> Result<Vec<(String, UsageView)>, QuotaError> {
         let mut stale = false;
         for e in self.0.workspaces.iter() {
             let mut s = lock(e.value());
             s.roll(now, &self.0.orphans);
-            stale |= self.refresh(&mut s, now);
+            stale |= self.refresh(&mut s, now, LIST_REFRESH);
         }
         if stale {
             self.flush(now).await?;
@@ -432,6 +449,7 @@ impl Quotas {
                     s.base = ledger.totals;
                     s.in_flight = Totals::default();
                     s.synced = true;
+                    s.read_at = Some(now);
                 }
                 Ok(_) => {}
                 Err(e) => {

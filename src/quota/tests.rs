@@ -610,9 +610,19 @@ async fn a_shared_store_is_read_back_only_for_workspaces_in_use_here() {
     assert_eq!(qa.usage("ws", None, later).await.unwrap().used, 20.0);
     let listed = qa.list(later).await.unwrap();
     assert_eq!(listed[0].1.used, 20.0);
+    // Neither that view nor the band's `slow` (which the sync reads every second) puts it
+    // back in use.
+    assert_eq!(qa.slow("ws", later), 1.0);
     let before = a.applied();
     qa.flush(later).await.unwrap();
     assert_eq!(a.applied(), before);
+    // Listing every workspace reads an idle one again only every LIST_REFRESH.
+    let soon = later + chrono::TimeDelta::seconds(10);
+    qa.list(soon).await.unwrap();
+    assert_eq!(a.applied(), before, "read again 10 s after the last read");
+    let after = later + chrono::TimeDelta::seconds(15);
+    qa.list(after).await.unwrap();
+    assert_eq!(a.applied(), before + 1);
     // Used again, it is read back at every flush.
     qa.charge("ws", "y", 1.0, later).unwrap();
     qb.charge("ws", "x", 4.0, later).unwrap();

@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// it once first, and the next use puts it back in use: an instance that knows thousands of
 /// workspaces reads only those it runs.
 pub(super) const IN_USE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+/// How often listing every workspace reads again one that is not in use here.
+pub(super) const LIST_REFRESH: chrono::TimeDelta = chrono::TimeDelta::seconds(15);
 
 /// One workspace's quota in the current cycle.
 pub(super) struct WsState {
@@ -36,6 +38,8 @@ pub(super) struct WsState {
     /// When this instance last charged or decided for the workspace: with a shared store,
     /// only workspaces in use are read back at every flush.
     pub(super) seen: DateTime<Utc>,
+    /// When a flush last read its totals from the store for this cycle.
+    pub(super) read_at: Option<DateTime<Utc>>,
     /// The bands of this cycle already announced (by any instance).
     pub(super) announced: Vec<f64>,
 }
@@ -52,6 +56,7 @@ impl WsState {
             pending: Totals::default(),
             synced: false,
             seen: now,
+            read_at: None,
             announced: Vec::new(),
         }
     }

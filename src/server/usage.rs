@@ -5,7 +5,7 @@
 
 use super::ServeError;
 use crate::config::Settings;
-use crate::quota::{BandEvent, NatsKvStore, QuotaClass, Quotas, RedbStore, Store, StoreError};
+use crate::quota::{BandEvent, NatsKvStore, Quotas, RedbStore, Store, StoreError};
 use crate::runtime::Runtime;
 use crate::value::Value;
 use chrono::Utc;
@@ -48,8 +48,9 @@ pub(super) async fn sync(runtime: &Runtime) {
     let now = Utc::now();
     let loaded = runtime.workspaces();
     for ws in &loaded {
-        let decision = quotas.decision(&ws.id, QuotaClass::Essential, now);
-        runtime.limiters().set_slow(&ws.id, decision.slow);
+        runtime
+            .limiters()
+            .set_slow(&ws.id, quotas.slow(&ws.id, now));
     }
     // `list` logs a store failure; the metrics keep their last figures until the next sync.
     let Ok(all) = quotas.list(now).await else {
