@@ -250,8 +250,6 @@ async fn webhook(
         }
     };
     drop(gone);
-    // The latest secrets: an edit during the run may have added one.
-    let latest = state.runtime.workspace(&ws).unwrap_or(workspace);
     for ((result, automation), correlation_id) in
         results.iter().zip(&automations).zip(&correlation_ids)
     {
@@ -275,6 +273,8 @@ async fn webhook(
             other => Json(other.to_json()).into_response(),
         },
         Some(Err(e)) => {
+            // The latest secrets: an edit during the run may have added one.
+            let latest = state.runtime.workspace(&ws).unwrap_or(workspace);
             let message = latest.redactor.text(&e.to_string()).into_owned();
             let message = without_paths(&message, &state.settings.workspaces);
             if e.kind.code().is_some() {

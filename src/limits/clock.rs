@@ -114,7 +114,7 @@ impl FakeClock {
 }
 
 /// A duration in nanoseconds, saturating: 584 years is beyond any wait a limiter computes.
-fn nanos(d: Duration) -> u64 {
+pub(super) fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 

@@ -142,7 +142,7 @@ impl<'a> WaitRecord<'a> {
 impl Drop for WaitRecord<'_> {
     fn drop(&mut self) {
         let waited = self.time.since(self.start);
-        let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        let nanos = clock::nanos(waited);
         self.log.waited.fetch_add(nanos, Ordering::AcqRel);
         self.log.waiting.fetch_sub(1, Ordering::AcqRel);
     }

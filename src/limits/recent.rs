@@ -34,7 +34,7 @@ impl RecentWaits {
         // Slot numbers start at 1 so that a zeroed stamp never counts as current.
         let slot = now / SLOT_NANOS + 1;
         let i = (slot % SLOTS as u64) as usize;
-        let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        let nanos = super::clock::nanos(waited);
         let stamp = slots.stamps[i].load(Ordering::Acquire);
         if stamp != slot
             && slots.stamps[i]

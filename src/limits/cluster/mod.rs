@@ -36,8 +36,7 @@ use std::fmt;
 use std::time::Duration;
 
 /// The settings of cluster limits (`limits.lease_secs` and friends in the settings file).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterSettings {
     /// Seconds an owner's lease and an instance's held slots live without renewal: the time
     /// a dead instance's slots stay held and a dead owner's limit waits for a new owner.

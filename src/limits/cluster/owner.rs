@@ -133,7 +133,7 @@ impl Owner {
                                 Some(Known::Queued { .. }) => Reply::Queued,
                                 Some(Known::Done(reply, _)) => reply,
                                 None if !learnt => {
-                                    lock(&state).requests.insert((instance.clone(), request), queued(None));
+                                    lock(&state).requests.insert((instance.clone(), request), queued());
                                     buffered.push((instance, request, ask, wait_ms, Instant::now()));
                                     Reply::Queued
                                 }
@@ -184,7 +184,7 @@ impl Owner {
             return Some(record(state, &holder, &ask.key, result));
         }
         let id = (instance.clone(), request);
-        lock(state).requests.insert(id.clone(), queued(None));
+        lock(state).requests.insert(id.clone(), queued());
         let owner = self.clone();
         let task_state = state.clone();
         let task = tokio::spawn(async move {
@@ -286,10 +286,11 @@ impl Owner {
     }
 }
 
-fn queued(task: Option<AbortHandle>) -> Known {
+/// A request just queued; its waiting task, if any, is recorded once spawned.
+fn queued() -> Known {
     Known::Queued {
         since: Instant::now(),
-        task,
+        task: None,
     }
 }
 

@@ -193,11 +193,6 @@ impl<T> Line<T> {
         self.waiters.get(&id)
     }
 
-    /// How many wait.
-    pub fn len(&self) -> usize {
-        self.waiters.len()
-    }
-
     /// True when nobody waits.
     pub fn is_empty(&self) -> bool {
         self.waiters.is_empty()

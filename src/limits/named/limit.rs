@@ -9,10 +9,11 @@ use super::keys::{sweep, Keys};
 use super::lanes::RequestId;
 use super::machine::{Event, KeyState, Params};
 use super::permit::{ns, Permit, Signal, Turn};
-use crate::limits::clock::TimeSource;
+use crate::limits::clock::{nanos, TimeSource};
 use crate::limits::cluster::ClusterStatus;
 use governor::clock::Clock;
 use std::collections::BTreeMap;
+use std::hash::Hasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -467,16 +468,9 @@ pub struct Snapshot {
 /// FNV-1a of the key, to pick its shard: cheap, and needing no resistance to chosen keys,
 /// since each shard's map hashes with a random key anyway.
 fn spread(key: &str) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h as usize
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+    let mut h = super::Fnv::default();
+    h.write(key.as_bytes());
+    h.finish() as usize
 }
 
 /// A request in line; awaiting [`Waiting::finish`] waits for its turn, dropping it leaves.
