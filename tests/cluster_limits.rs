@@ -643,6 +643,44 @@ async fn an_unused_limit_retires_its_agents_and_its_owner_hands_it_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_ownership_bucket_is_created_again() {
+    let nats = NatsServer::start();
+    let a = instance(&nats.url, rate20(), json!({})).await;
+    take(&a.ws, &ask("rate", 10, None, None)).await.unwrap();
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let bucket = ClusterSettings::default().cluster_bucket;
+    js.delete_key_value(&bucket).await.unwrap();
+    // The owner's renewal fails, its agent takes the lease again, and that creates the bucket.
+    let deadline = Instant::now() + Duration::from_secs(3 * LEASE_SECS);
+    while js.get_key_value(&bucket).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the bucket was not created again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let owner = js.get_key_value(&bucket).await.unwrap();
+    let owned = tokio::time::timeout(Duration::from_secs(3 * LEASE_SECS), async {
+        loop {
+            let keys = match owner.keys().await {
+                Ok(keys) => futures::StreamExt::count(keys).await,
+                Err(_) => 0,
+            };
+            if keys > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(owned.is_ok(), "nobody owns the limit in the new bucket");
+    take(&a.ws, &ask("rate", 10, None, Some(Duration::from_secs(2))))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_names_the_limit_and_when_capacity_returns() {
     let nats = NatsServer::start();
     let a = instance(&nats.url, rate20(), json!({})).await;

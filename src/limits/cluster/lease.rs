@@ -21,6 +21,9 @@ const MARKER_TTL: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub(super) struct Leases {
     js: Context,
+    /// The bucket as opened: getting it again is a stream-info request, which renewals and
+    /// hand-overs need not pay each time.
+    store: Store,
     settings: ClusterSettings,
     instance: String,
 }
@@ -47,46 +50,29 @@ impl Leases {
         settings: &ClusterSettings,
         instance: &str,
     ) -> Result<Leases, ClusterError> {
-        let leases = Leases {
-            js: jetstream::new(client),
+        let js = jetstream::new(client);
+        let store = bucket(&js, settings).await?;
+        Ok(Leases {
+            js,
+            store,
             settings: settings.clone(),
             instance: instance.into(),
-        };
-        leases.store().await?;
-        Ok(leases)
-    }
-
-    /// The bucket, created if missing (as after a NATS restart on an empty store).
-    async fn store(&self) -> Result<Store, ClusterError> {
-        if let Ok(store) = self.js.get_key_value(&self.settings.cluster_bucket).await {
-            return Ok(store);
-        }
-        self.js
-            .create_key_value(kv::Config {
-                bucket: self.settings.cluster_bucket.clone(),
-                description: "sluice: owners of cluster limits".into(),
-                history: 1,
-                limit_markers: Some(MARKER_TTL),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| {
-                ClusterError::Nats(format!(
-                    "creating the key-value bucket {:?} (needs nats-server >= 2.11 with JetStream): {e}",
-                    self.settings.cluster_bucket
-                ))
-            })
+        })
     }
 
     /// Takes the lease of `limit` if it is free (or already this instance's), else says
     /// who holds it.
     pub(super) async fn take(&self, limit: &LimitRef) -> Result<Holder, ClusterError> {
-        let store = self.store().await?;
         let key = limit.token();
-        let entry = store
-            .entry(key.as_str())
-            .await
-            .map_err(|e| ClusterError::Nats(format!("reading the owner of {limit}: {e}")))?;
+        let entry = match self.store.entry(key.as_str()).await {
+            Ok(entry) => entry,
+            // The bucket may be gone (a NATS restart on an empty store): create it again.
+            Err(_) => bucket(&self.js, &self.settings)
+                .await?
+                .entry(key.as_str())
+                .await
+                .map_err(|e| ClusterError::Nats(format!("reading the owner of {limit}: {e}")))?,
+        };
         let fresh = entry.is_none();
         let expected = match entry {
             None => 0,
@@ -94,7 +80,7 @@ impl Leases {
             Some(e) if e.value.as_ref() == self.instance.as_bytes() => e.revision,
             Some(e) => return Ok(Holder::Other(String::from_utf8_lossy(&e.value).into())),
         };
-        match self.write(&store, &key, expected).await {
+        match self.write(&key, expected).await {
             Ok(revision) => Ok(Holder::Me { revision, fresh }),
             // Another instance wrote first: read who on the next round.
             Err(_) => Ok(Holder::Other(String::new())),
@@ -103,27 +89,26 @@ impl Leases {
 
     /// Renews this instance's lease of `limit` at `revision`; fails if it was lost.
     pub(super) async fn renew(&self, limit: &LimitRef, revision: u64) -> Result<u64, ClusterError> {
-        let store = self.store().await?;
-        self.write(&store, &limit.token(), revision).await
+        self.write(&limit.token(), revision).await
     }
 
     /// Gives the lease up at once, if it is still at `revision`.
     pub(super) async fn resign(&self, limit: &LimitRef, revision: u64) {
-        if let Ok(store) = self.store().await {
-            let _ = store
-                .delete_expect_revision(limit.token(), Some(revision))
-                .await;
-        }
+        let _ = self
+            .store
+            .delete_expect_revision(limit.token(), Some(revision))
+            .await;
     }
 
     /// Writes this instance's id under `key` if its last revision is `expected` (0: absent).
-    async fn write(&self, store: &Store, key: &str, expected: u64) -> Result<u64, ClusterError> {
+    async fn write(&self, key: &str, expected: u64) -> Result<u64, ClusterError> {
         let mut headers = HeaderMap::new();
         headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string());
         headers.insert(
             NATS_MESSAGE_TTL,
             self.settings.lease().as_secs().to_string(),
         );
+        let store = &self.store;
         let prefix = store.put_prefix.as_ref().unwrap_or(&store.prefix);
         let subject = format!("{prefix}{key}");
         let ack = self
@@ -135,4 +120,25 @@ impl Leases {
             .map_err(|e| ClusterError::Nats(format!("writing lease {key}: {e}")))?;
         Ok(ack.sequence)
     }
+}
+
+/// The ownership bucket, created if missing (as after a NATS restart on an empty store).
+async fn bucket(js: &Context, settings: &ClusterSettings) -> Result<Store, ClusterError> {
+    if let Ok(store) = js.get_key_value(&settings.cluster_bucket).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config {
+        bucket: settings.cluster_bucket.clone(),
+        description: "sluice: owners of cluster limits".into(),
+        history: 1,
+        limit_markers: Some(MARKER_TTL),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| {
+        ClusterError::Nats(format!(
+            "creating the key-value bucket {:?} (needs nats-server >= 2.11 with JetStream): {e}",
+            settings.cluster_bucket
+        ))
+    })
 }
