@@ -71,10 +71,6 @@ pub(super) struct Finished {
     pub(super) flow: Flow,
     /// The evaluated `output`.
     pub(super) output: Value,
-    /// Time spent waiting on limiters, callees' included.
-    pub(super) throttled: Duration,
-    /// That time per limit, and the would-be waits of shadow limits.
-    pub(super) split: (Waits, Waits),
     /// Instructions counted, callees' included.
     pub(super) instructions: u64,
 }
@@ -169,8 +165,6 @@ impl<'a> Exec<'a> {
         Ok(Finished {
             flow,
             output,
-            throttled: self.throttled.total(),
-            split: self.throttled.split(),
             instructions: self.meter.count(),
         })
     }

@@ -500,41 +500,36 @@ impl Inner {
             Ok(body) => exec.run(body).await,
             Err(e) => Err(e),
         };
-        let done = match result {
-            Ok(done) => done,
+        let (throttled, throttled_by, shadow) = exec.waits();
+        let outcome = Outcome {
+            output: Value::Null,
+            broke: false,
+            stop_callers: false,
+            throttled,
+            throttled_by,
+            shadow,
+            // Waits on a test's simulated clock count as if they had been real.
+            duration: started.elapsed() + (self.limits.simulated() - simulated),
+            instructions: 0,
+        };
+        let outcome = match result {
+            Ok(done) => Outcome {
+                output: done.output,
+                broke: done.flow != exec::Flow::Continue,
+                stop_callers: done.flow == exec::Flow::Break { all: true },
+                instructions: done.instructions,
+                ..outcome
+            },
             Err(e) => {
                 // A refusal (a named limit's or a quota's) is reported like a run
                 // (SPEC section 5): who refused and what the execution had waited until then.
                 if let (Some(payload), Some(started_at), Some(_)) =
                     (trigger_payload, started_at, e.kind.code())
                 {
-                    let (throttled, throttled_by, shadow) = exec.waits();
-                    let failed = Outcome {
-                        output: Value::Null,
-                        broke: false,
-                        stop_callers: false,
-                        throttled,
-                        throttled_by,
-                        shadow,
-                        duration: started.elapsed() + (self.limits.simulated() - simulated),
-                        instructions: 0,
-                    };
-                    self.executed(&x, &failed, payload, started_at, Some(&e));
+                    self.executed(&x, &outcome, payload, started_at, Some(&e));
                 }
                 return Err(e);
             }
-        };
-        let (throttled_by, shadow) = done.split;
-        let outcome = Outcome {
-            output: done.output,
-            broke: done.flow != exec::Flow::Continue,
-            stop_callers: done.flow == exec::Flow::Break { all: true },
-            throttled: done.throttled,
-            throttled_by,
-            shadow,
-            // Waits on a test's simulated clock count as if they had been real.
-            duration: started.elapsed() + (self.limits.simulated() - simulated),
-            instructions: done.instructions,
         };
         if let (Some(payload), Some(started_at)) = (trigger_payload, started_at) {
             self.executed(&x, &outcome, payload, started_at, None);
