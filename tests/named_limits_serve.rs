@@ -209,6 +209,19 @@ do:
       do: []
 ",
     );
+    // A quota fallback is checked like the body.
+    put(
+        dir.path(),
+        "demo",
+        "b.yml",
+        "slug: b
+quota:
+  cost: 1
+  fallback:
+    - acquire: {limit: elsewhere, do: []}
+do: []
+",
+    );
     let o = sluice(&["validate", ws.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
@@ -222,6 +235,10 @@ do:
     );
     assert!(
         err.contains("a.yml:8:5:") && err.contains("colour"),
+        "{err}"
+    );
+    assert!(
+        err.contains("b.yml:5:") && err.contains("unknown limit `elsewhere`"),
         "{err}"
     );
 }

@@ -152,21 +152,26 @@ impl<I: Compile> Automation<I> {
     /// (for `validate`'s unknown-slug check).
     pub fn calls(&self) -> Vec<(&str, &Span)> {
         let mut out = Vec::new();
-        let fallback = self.quota.iter().filter_map(|q| q.fallback.as_deref());
-        for i in self.body.iter().chain(fallback.flatten()) {
+        for i in self.instructions() {
             i.calls(&mut out);
         }
         out
     }
 
     /// Every named limit the automation takes: its `limits:` entries, then each
-    /// `acquire` in its body, with their places.
+    /// `acquire` in its body and its quota fallback, with their places.
     pub fn limit_uses(&self) -> Vec<(&crate::limits::named::Use, &Span)> {
         let mut out: Vec<_> = self.limits.iter().map(|(u, s)| (u, s)).collect();
-        for i in &self.body {
+        for i in self.instructions() {
             i.limit_uses(&mut out);
         }
         out
+    }
+
+    /// The top-level instructions that may run: the body, then the quota fallback.
+    fn instructions(&self) -> impl Iterator<Item = &I> {
+        let fallback = self.quota.iter().filter_map(|q| q.fallback.as_deref());
+        self.body.iter().chain(fallback.flatten())
     }
 }
 
