@@ -160,11 +160,6 @@ impl Runtime {
     /// Installs or replaces a workspace, applying its limit overrides. On bad
     /// overrides the previous limits stay and the errors are returned for logging.
     pub fn install(&self, mut ws: Workspace) -> Vec<String> {
-        let mut problems = match self.inner.limits.apply_secrets(&ws.id, &ws.secrets) {
-            Ok(()) => Vec::new(),
-            Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
-        };
-        problems.extend(self.inner.apply_quota_secrets(&ws.id, &ws.secrets));
         let mut map = self
             .inner
             .workspaces
@@ -172,13 +167,17 @@ impl Runtime {
             .unwrap_or_else(|p| p.into_inner());
         let old = map.get(&ws.id);
         // Named limits that clash with the shared ones, or uses of undeclared ones,
-        // never replace a version without problems (as other diagnostics).
+        // never replace a version without problems (as other diagnostics), and such a
+        // version applies none of its overrides either.
         let clashes = self.inner.named_problems(&ws);
+        let mut problems: Vec<String> = clashes.iter().map(|d| d.to_string()).collect();
         if !clashes.is_empty() && old.is_some_and(|o| o.diagnostics.is_empty()) {
-            problems.extend(clashes.iter().map(|d| d.to_string()));
             return problems;
         }
-        problems.extend(clashes.iter().map(|d| d.to_string()));
+        if let Err(errors) = self.inner.limits.apply_secrets(&ws.id, &ws.secrets) {
+            problems.extend(errors.iter().map(|e| e.to_string()));
+        }
+        problems.extend(self.inner.apply_quota_secrets(&ws.id, &ws.secrets));
         ws.diagnostics.extend(clashes);
         self.inner.install_named(&mut ws);
         ws.budgets = match self

@@ -566,3 +566,37 @@ async fn executed_events_carry_shadow_waits_and_a_refusal_s_code_and_limit() {
     assert_eq!(p["error"]["code"], "LimitExceeded", "{p}");
     assert_eq!(p["error"]["limit"], "once", "{p}");
 }
+
+#[tokio::test]
+async fn a_version_refused_for_taking_a_shared_name_applies_none_of_its_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    std::fs::write(ws.join("hello.yml"), "slug: hello\ndo: []\n").unwrap();
+    let mut settings = Settings::load_from(None, &|_| None).unwrap();
+    settings.shared_limits = json!({"openai": {"rate": 10, "per": "second"}});
+    let rt = Runtime::new(settings, Arc::new(EmbeddedBus::new())).unwrap();
+    assert!(rt
+        .install(crate::workspace::load(&ws, None).unwrap())
+        .is_empty());
+    let quota = || rt.limiters().workspace("ws").quota(LimitKind::Automations);
+    let before = quota();
+    std::fs::write(
+        ws.join("workspace.yml"),
+        "limits:\n  openai: {rate: 1, per: second}\n",
+    )
+    .unwrap();
+    let mut next = crate::workspace::load(&ws, None).unwrap();
+    next.secrets
+        .insert("prismeai_ratelimit_automations".into(), Value::Number(7.0));
+    let problems = rt.install(next);
+    assert!(
+        problems.iter().any(|p| p.contains("openai")),
+        "{problems:?}"
+    );
+    assert_eq!(quota(), before, "a refused version changed the limits");
+    assert!(
+        rt.workspace("ws").unwrap().limits.is_empty(),
+        "not replaced"
+    );
+}
