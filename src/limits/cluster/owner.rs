@@ -15,8 +15,8 @@
 use super::client::Used;
 use super::holders::Holders;
 use super::wire::{self, Late, Reply, ToOwner};
+use super::{lock, ClusterRequest, Refusal};
 use super::{ClusterError, ClusterSettings, Grant, GrantRequest, HolderId, LimitRef, LocalGrantor};
-use super::{ClusterRequest, Refusal};
 use futures::{FutureExt, StreamExt};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -332,10 +332,4 @@ fn record(
             .insert(id, Known::Done(reply.clone(), Instant::now()));
     }
     reply
-}
-
-/// Locks the owner's state; a panic elsewhere while holding it leaves plain bookkeeping
-/// that is still usable.
-fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|e| e.into_inner())
 }

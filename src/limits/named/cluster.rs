@@ -12,11 +12,12 @@ use super::machine::{Params, RateParams};
 use super::permit::Permit;
 use crate::limits::clock::TimeSource;
 use crate::limits::cluster::{
-    ClusterParams, ClusterRate, Grant, GrantRequest, HolderId, LimitRef, LocalGrantor, Refusal,
+    lock, ClusterParams, ClusterRate, Grant, GrantRequest, HolderId, LimitRef, LocalGrantor,
+    Refusal,
 };
 use futures::future::{self, BoxFuture, FutureExt};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 /// The named-limit engine behind [`crate::limits::cluster::ClusterLimits`]: pass it to
@@ -208,10 +209,6 @@ fn params(wire: &ClusterParams) -> Params {
             .collect(),
         shadow: false,
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
