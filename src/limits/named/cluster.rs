@@ -63,12 +63,7 @@ impl ClusterEngine {
 impl LocalGrantor for ClusterEngine {
     fn take_over(&self, limit: &LimitRef, fresh: bool) {
         // The limit's own settings are those of each ask, applied per key; the base is none.
-        let base = Arc::new(Params {
-            rate: None,
-            concurrency: None,
-            lanes: Arc::new([]),
-            shadow: false,
-        });
+        let base = Arc::new(Params::none());
         let name = Arc::from(limit.to_string());
         let limit_state = if fresh {
             Limit::new(name, base, true, self.time.clone())

@@ -215,12 +215,7 @@ impl NamedLimits {
         shared: Option<NamedLimits>,
         time: TimeSource,
     ) -> NamedLimits {
-        let none = Arc::new(Params {
-            rate: None,
-            concurrency: None,
-            lanes: Arc::new([]),
-            shadow: false,
-        });
+        let none = Arc::new(Params::none());
         let inline = Arc::new(Limit::new(Arc::from("inline"), none, true, time.clone()));
         NamedLimits(Arc::new(Registry {
             time,
