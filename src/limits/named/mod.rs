@@ -452,10 +452,7 @@ impl NamedLimits {
         registry: &NamedLimits,
         shared: bool,
     ) -> ClusterRequest {
-        let limit = match &registry.0.workspace {
-            Some(ws) => LimitRef::workspace(ws, &spec.name),
-            None => LimitRef::shared(&spec.name),
-        };
+        let limit = registry.limit_ref(&spec.name);
         let want = self.want(ask, shared);
         ClusterRequest {
             limit,
@@ -465,6 +462,15 @@ impl NamedLimits {
             lane: want.lane.to_owned(),
             wait: ask.wait,
             params: cluster::wire_params(&spec.params(ask.rate)),
+        }
+    }
+
+    /// The cluster name of limit `name` declared here: this registry's workspace's, or a
+    /// shared one.
+    fn limit_ref(&self, name: &str) -> LimitRef {
+        match &self.0.workspace {
+            Some(ws) => LimitRef::workspace(ws, name),
+            None => LimitRef::shared(name),
         }
     }
 
@@ -505,11 +511,7 @@ impl NamedLimits {
                 .map(|d| {
                     let mut state = d.limit.snapshot();
                     if let Some(c) = cluster.as_ref().filter(|_| d.spec.scope == Scope::Cluster) {
-                        let limit = match &self.0.workspace {
-                            Some(ws) => LimitRef::workspace(ws, &d.spec.name),
-                            None => LimitRef::shared(&d.spec.name),
-                        };
-                        state.cluster = c.status(&limit);
+                        state.cluster = c.status(&self.limit_ref(&d.spec.name));
                     }
                     LimitView {
                         name: Arc::clone(d.limit.name()),
