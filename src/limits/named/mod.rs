@@ -81,7 +81,6 @@ struct Registry {
     generation: AtomicU64,
 }
 
-#[derive(Clone)]
 struct Declared {
     spec: Arc<LimitSpec>,
     limit: Arc<Limit>,
@@ -298,12 +297,12 @@ impl NamedLimits {
 
     /// True when `name` is declared here or shared.
     pub fn contains(&self, name: &str) -> bool {
-        self.declared(name).is_some()
+        self.lookup(name, |_, _, _| ()).is_some()
     }
 
-    /// The declaration of `name`, and whether it is a shared one.
-    fn declared(&self, name: &str) -> Option<(Declared, bool)> {
-        self.lookup(name, |d, _, shared| (d.clone(), shared))
+    /// The declaration of `name`: this registry's, else the shared one.
+    pub fn spec(&self, name: &str) -> Option<Arc<LimitSpec>> {
+        self.lookup(name, |d, _, _| Arc::clone(&d.spec))
     }
 
     /// Takes one limit: waits for its turn (or refuses past `wait`). Shadow limits never
