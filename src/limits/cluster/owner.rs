@@ -249,14 +249,14 @@ impl Owner {
             }
             !abandoned
         });
+        // One key for every lookup: only its request number changes.
+        let mut id = (instance.to_string(), 0);
         let unknown = waiting
             .iter()
             .copied()
             .filter(|r| {
-                !matches!(
-                    state.requests.get(&(instance.to_string(), *r)),
-                    Some(Known::Queued { .. })
-                )
+                id.1 = *r;
+                !matches!(state.requests.get(&id), Some(Known::Queued { .. }))
             })
             .collect();
         let waiters = state
