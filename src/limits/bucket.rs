@@ -55,6 +55,11 @@ impl Bucket {
         self.quota
     }
 
+    /// The clock this bucket's limiter runs on.
+    pub(super) fn clock(&self) -> &TimeSource {
+        self.limiter.clock()
+    }
+
     /// Takes `n` tokens if they are there and nobody is waiting for this bucket.
     #[inline]
     pub(super) fn try_take(&self, n: NonZeroU32) -> bool {

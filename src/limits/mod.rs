@@ -150,9 +150,8 @@ impl Drop for WaitRecord<'_> {
 
 struct WorkspaceState {
     name: Arc<str>,
-    /// The registry's log of waits and its clock.
+    /// The registry's log of waits (timed on the buckets' clock, the registry's).
     log: Arc<ThrottleLog>,
-    time: TimeSource,
     /// `None` where that kind is not limited.
     buckets: [Option<Arc<Bucket>>; 4],
     /// The quotas before `slow`: what secrets and settings give.
@@ -397,7 +396,6 @@ impl Registry {
         WorkspaceState {
             name,
             log: Arc::clone(&self.log),
-            time: self.time.clone(),
             buckets,
             base,
             slow,
@@ -508,7 +506,7 @@ impl WorkspaceLimits {
         if bucket.try_take(n) {
             return Duration::ZERO;
         }
-        let record = WaitRecord::begin(&self.0.log.kinds[kind.index()], &self.0.time);
+        let record = WaitRecord::begin(&self.0.log.kinds[kind.index()], bucket.clock());
         // Boxed so that the future of the common, uncontended call stays small.
         let waited = Box::pin(bucket.wait(n)).await;
         drop(record);

@@ -302,8 +302,6 @@ impl<'a> Exec<'a> {
     /// priority and no lane.
     fn constant_limits(&self, named: &NamedLimits) -> Option<Vec<Ask>> {
         use crate::limits::named::{Number, Target};
-        let shared = self.rt.settings.shared_limits().unwrap_or_default();
-        let ws = &self.x.ws.limits;
         self.x
             .automation
             .limits
@@ -312,8 +310,9 @@ impl<'a> Exec<'a> {
                 let Target::Named(name) = &u.target else {
                     return None;
                 };
-                // The registry gives a shared name to the shared limit.
-                let spec = shared.iter().chain(ws.iter()).find(|l| l.name == *name)?;
+                // The registry holds a workspace's own limits without those taking a
+                // shared name, so its own-then-shared lookup finds the shared one.
+                let spec = named.spec(name)?;
                 let constant = spec.key.is_none()
                     && !spec.rate_is_template()
                     && matches!(u.units, Number::Const(_))

@@ -13,7 +13,7 @@
 use super::lease::{Holder, Leases};
 use super::owner::Owner;
 use super::wire::{self, Late, Reply, ToOwner};
-use super::LocalGrantor;
+use super::{lock, LocalGrantor};
 use super::{ClusterError, ClusterRequest, ClusterSettings, Denied, HolderId, LimitRef};
 use async_nats::client::{Request, RequestErrorKind};
 use dashmap::DashMap;
@@ -623,8 +623,4 @@ async fn sleep_until(until: Option<Instant>) {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

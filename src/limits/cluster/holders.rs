@@ -9,7 +9,7 @@
 //! Pure bookkeeping on times passed in, so the tests drive it without a clock.
 
 use super::HolderId;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 /// Held slots by instance.
@@ -68,10 +68,12 @@ impl Holders {
         let entry = self.instances.entry(instance.to_string()).or_default();
         entry.last_seen = now;
         let mut changes = Changes::default();
+        let mut listed_requests = HashSet::with_capacity(listed.len());
         for (holder, key) in listed {
             if holder.instance != instance {
                 continue;
             }
+            listed_requests.insert(holder.request);
             if let std::collections::hash_map::Entry::Vacant(slot) =
                 entry.held.entry(holder.request)
             {
@@ -79,11 +81,6 @@ impl Holders {
                 changes.adopt.push((holder.clone(), key.clone()));
             }
         }
-        let listed_requests: Vec<u64> = listed
-            .iter()
-            .filter(|(h, _)| h.instance == instance)
-            .map(|(h, _)| h.request)
-            .collect();
         entry.held.retain(|request, (key, since)| {
             let keep = listed_requests.contains(request) || now.saturating_sub(*since) < grace;
             if !keep {

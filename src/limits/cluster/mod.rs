@@ -33,6 +33,7 @@ pub use client::{ClusterLimits, ClusterPermit, ClusterStatus};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// The settings of cluster limits (`limits.lease_secs` and friends in the settings file).
@@ -133,6 +134,12 @@ impl fmt::Display for LimitRef {
             None => write!(f, "shared/{}", self.name),
         }
     }
+}
+
+/// Locks `m`; a panic elsewhere while holding it leaves plain bookkeeping that is still
+/// usable, so a poisoned lock is taken as it is.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// `s` if it is a valid subject token and key-value key part, else `=` and its hex bytes.

@@ -15,8 +15,8 @@
 use super::client::Used;
 use super::holders::Holders;
 use super::wire::{self, Late, Reply, ToOwner};
+use super::{lock, ClusterRequest, Refusal};
 use super::{ClusterError, ClusterSettings, Grant, GrantRequest, HolderId, LimitRef, LocalGrantor};
-use super::{ClusterRequest, Refusal};
 use futures::{FutureExt, StreamExt};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -115,8 +115,9 @@ impl Owner {
                         // The caller's wait kept running while the owner listened.
                         let spent = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
                         let wait_ms = wait_ms.map(|w| w.saturating_sub(spent));
-                        if let Some(reply) = self.start(&state, instance.clone(), request, ask.clone(), wait_ms) {
-                            self.send_late(&instance, request, &ask, reply).await;
+                        let key = ask.key.clone();
+                        if let Some(reply) = self.start(&state, instance.clone(), request, ask, wait_ms) {
+                            self.send_late(&instance, request, key, reply).await;
                         }
                     }
                 }
@@ -174,14 +175,15 @@ impl Owner {
             instance: instance.clone(),
             request,
         };
+        let key = ask.key.clone();
         let mut grant_request = GrantRequest {
-            request: ask.clone(),
+            request: ask,
             holder: holder.clone(),
         };
         grant_request.request.wait = wait_ms.map(Duration::from_millis);
         let mut outcome = self.grantor.acquire(grant_request);
         if let Some(result) = (&mut outcome).now_or_never() {
-            return Some(record(state, &holder, &ask.key, result));
+            return Some(record(state, &holder, &key, result));
         }
         let id = (instance.clone(), request);
         lock(state).requests.insert(id.clone(), queued());
@@ -189,8 +191,8 @@ impl Owner {
         let task_state = state.clone();
         let task = tokio::spawn(async move {
             let result = outcome.await;
-            let reply = record(&task_state, &holder, &ask.key, result);
-            owner.send_late(&instance, request, &ask, reply).await;
+            let reply = record(&task_state, &holder, &key, result);
+            owner.send_late(&instance, request, key, reply).await;
         });
         // Unless already answered, the task can now be stopped if its asker gives up.
         if let Some(Known::Queued { task: slot, .. }) = lock(state).requests.get_mut(&id) {
@@ -199,11 +201,11 @@ impl Owner {
         None
     }
 
-    async fn send_late(&self, instance: &str, request: u64, ask: &ClusterRequest, reply: Reply) {
+    async fn send_late(&self, instance: &str, request: u64, key: String, reply: Reply) {
         let late = Late {
             limit: self.limit.clone(),
             request,
-            key: ask.key.clone(),
+            key,
             reply,
         };
         let _ = self
@@ -249,14 +251,14 @@ impl Owner {
             }
             !abandoned
         });
+        // One key for every lookup: only its request number changes.
+        let mut id = (instance.to_string(), 0);
         let unknown = waiting
             .iter()
             .copied()
             .filter(|r| {
-                !matches!(
-                    state.requests.get(&(instance.to_string(), *r)),
-                    Some(Known::Queued { .. })
-                )
+                id.1 = *r;
+                !matches!(state.requests.get(&id), Some(Known::Queued { .. }))
             })
             .collect();
         let waiters = state
@@ -332,10 +334,4 @@ fn record(
             .insert(id, Known::Done(reply.clone(), Instant::now()));
     }
     reply
-}
-
-/// Locks the owner's state; a panic elsewhere while holding it leaves plain bookkeeping
-/// that is still usable.
-fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|e| e.into_inner())
 }

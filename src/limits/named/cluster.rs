@@ -12,11 +12,12 @@ use super::machine::{Params, RateParams};
 use super::permit::Permit;
 use crate::limits::clock::TimeSource;
 use crate::limits::cluster::{
-    ClusterParams, ClusterRate, Grant, GrantRequest, HolderId, LimitRef, LocalGrantor, Refusal,
+    lock, ClusterParams, ClusterRate, Grant, GrantRequest, HolderId, LimitRef, LocalGrantor,
+    Refusal,
 };
 use futures::future::{self, BoxFuture, FutureExt};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 /// The named-limit engine behind [`crate::limits::cluster::ClusterLimits`]: pass it to
@@ -62,12 +63,7 @@ impl ClusterEngine {
 impl LocalGrantor for ClusterEngine {
     fn take_over(&self, limit: &LimitRef, fresh: bool) {
         // The limit's own settings are those of each ask, applied per key; the base is none.
-        let base = Arc::new(Params {
-            rate: None,
-            concurrency: None,
-            lanes: Arc::new([]),
-            shadow: false,
-        });
+        let base = Arc::new(Params::none());
         let name = Arc::from(limit.to_string());
         let limit_state = if fresh {
             Limit::new(name, base, true, self.time.clone())
@@ -208,10 +204,6 @@ fn params(wire: &ClusterParams) -> Params {
             .collect(),
         shadow: false,
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -64,6 +64,16 @@ impl RateParams {
 }
 
 impl Params {
+    /// No limit: no rate, no concurrency, no lanes, not shadow.
+    pub fn none() -> Params {
+        Params {
+            rate: None,
+            concurrency: None,
+            lanes: Arc::new([]),
+            shadow: false,
+        }
+    }
+
     /// The weight of lane `name`.
     pub fn weight(&self, name: &str) -> u32 {
         self.lanes

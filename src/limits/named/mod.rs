@@ -81,7 +81,6 @@ struct Registry {
     generation: AtomicU64,
 }
 
-#[derive(Clone)]
 struct Declared {
     spec: Arc<LimitSpec>,
     limit: Arc<Limit>,
@@ -215,12 +214,7 @@ impl NamedLimits {
         shared: Option<NamedLimits>,
         time: TimeSource,
     ) -> NamedLimits {
-        let none = Arc::new(Params {
-            rate: None,
-            concurrency: None,
-            lanes: Arc::new([]),
-            shadow: false,
-        });
+        let none = Arc::new(Params::none());
         let inline = Arc::new(Limit::new(Arc::from("inline"), none, true, time.clone()));
         NamedLimits(Arc::new(Registry {
             time,
@@ -303,12 +297,12 @@ impl NamedLimits {
 
     /// True when `name` is declared here or shared.
     pub fn contains(&self, name: &str) -> bool {
-        self.declared(name).is_some()
+        self.lookup(name, |_, _, _| ()).is_some()
     }
 
-    /// The declaration of `name`, and whether it is a shared one.
-    fn declared(&self, name: &str) -> Option<(Declared, bool)> {
-        self.lookup(name, |d, _, shared| (d.clone(), shared))
+    /// The declaration of `name`: this registry's, else the shared one.
+    pub fn spec(&self, name: &str) -> Option<Arc<LimitSpec>> {
+        self.lookup(name, |d, _, _| Arc::clone(&d.spec))
     }
 
     /// Takes one limit: waits for its turn (or refuses past `wait`). Shadow limits never
@@ -457,10 +451,7 @@ impl NamedLimits {
         registry: &NamedLimits,
         shared: bool,
     ) -> ClusterRequest {
-        let limit = match &registry.0.workspace {
-            Some(ws) => LimitRef::workspace(ws, &spec.name),
-            None => LimitRef::shared(&spec.name),
-        };
+        let limit = registry.limit_ref(&spec.name);
         let want = self.want(ask, shared);
         ClusterRequest {
             limit,
@@ -470,6 +461,15 @@ impl NamedLimits {
             lane: want.lane.to_owned(),
             wait: ask.wait,
             params: cluster::wire_params(&spec.params(ask.rate)),
+        }
+    }
+
+    /// The cluster name of limit `name` declared here: this registry's workspace's, or a
+    /// shared one.
+    fn limit_ref(&self, name: &str) -> LimitRef {
+        match &self.0.workspace {
+            Some(ws) => LimitRef::workspace(ws, name),
+            None => LimitRef::shared(name),
         }
     }
 
@@ -510,11 +510,7 @@ impl NamedLimits {
                 .map(|d| {
                     let mut state = d.limit.snapshot();
                     if let Some(c) = cluster.as_ref().filter(|_| d.spec.scope == Scope::Cluster) {
-                        let limit = match &self.0.workspace {
-                            Some(ws) => LimitRef::workspace(ws, &d.spec.name),
-                            None => LimitRef::shared(&d.spec.name),
-                        };
-                        state.cluster = c.status(&limit);
+                        state.cluster = c.status(&self.limit_ref(&d.spec.name));
                     }
                     LimitView {
                         name: Arc::clone(d.limit.name()),

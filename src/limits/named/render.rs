@@ -26,10 +26,7 @@ impl NamedLimits {
     /// Renders `u` against the execution's variables.
     pub fn render(&self, u: &Use, vars: &dyn Variables) -> Result<Ask, RenderError> {
         let (name, spec, inline) = match &u.target {
-            Target::Named(name) => {
-                let spec = self.declared(name).map(|(d, _)| d.spec);
-                (Arc::clone(name), spec, None)
-            }
+            Target::Named(name) => (Arc::clone(name), self.spec(name), None),
             Target::Inline(i) => (Arc::clone(&i.spec.name), None, Some(i)),
         };
         let fail = |field, message| RenderError {
