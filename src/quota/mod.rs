@@ -207,12 +207,7 @@ impl Quotas {
     /// Forgets `ws` (its workspace was removed); what it had pending is still written.
     pub fn remove(&self, ws: &str) {
         if let Some((_, state)) = self.0.workspaces.remove(ws) {
-            let mut s = lock(&state);
-            let pending = std::mem::take(&mut s.pending);
-            if !pending.is_empty() {
-                let delta = s.delta(pending);
-                lock(&self.0.orphans).push((s.key(), delta));
-            }
+            lock(&state).orphan_pending(&self.0.orphans);
         }
     }
 
