@@ -214,16 +214,12 @@ impl QuotaSettings {
                 self.cycle.timezone
             ));
         }
-        let costs = [
-            ("automations", self.costs.automations),
-            ("emits", self.costs.emits),
-            ("fetchs", self.costs.fetchs),
-            ("repeats", self.costs.repeats),
-        ];
-        for (kind, cost) in costs {
+        for kind in LimitKind::ALL {
+            let cost = self.costs.of(kind);
             if credits_amount(cost).is_err() {
                 return bad(format!(
-                    "quotas.costs.{kind}: {cost} is not valid, expected a number of credits from 0 to {MAX_CREDITS}"
+                    "quotas.costs.{}: {cost} is not valid, expected a number of credits from 0 to {MAX_CREDITS}",
+                    kind.as_str()
                 ));
             }
         }
