@@ -328,11 +328,7 @@ impl QuotaSettings {
                 }
             }
         }
-        let credits = credits.unwrap_or_else(|| {
-            plan.as_ref()
-                .and_then(|p| self.plans.get(p))
-                .and_then(|p| credits_amount(p.credits).ok())
-        });
+        let credits = credits.unwrap_or_else(|| self.plan_credits(plan.as_deref()));
         Ok(QuotaPolicy {
             plan,
             credits,
@@ -340,13 +336,17 @@ impl QuotaSettings {
         })
     }
 
+    /// The credits of `plan` as micro-credits: `None` without a plan, for an unknown one
+    /// or for credits that do not convert.
+    fn plan_credits(&self, plan: Option<&str>) -> Option<i64> {
+        plan.and_then(|p| self.plans.get(p))
+            .and_then(|p| credits_amount(p.credits).ok())
+    }
+
     /// The policy of a workspace without quota secrets.
     pub fn default_policy(&self) -> QuotaPolicy {
         let plan = self.default_plan.clone();
-        let credits = plan
-            .as_ref()
-            .and_then(|p| self.plans.get(p))
-            .and_then(|p| credits_amount(p.credits).ok());
+        let credits = self.plan_credits(plan.as_deref());
         // Validated settings parse; the fallback only serves settings built by hand.
         let zone = parse_zone(&self.cycle.timezone).unwrap_or(Tz::UTC);
         QuotaPolicy {
