@@ -8,9 +8,9 @@
 
 use super::cycle::CycleRule;
 use super::ledger::{micro, MAX_CREDITS};
-use crate::limits::values::parse_number;
+use crate::checked::number;
 use crate::limits::LimitKind;
-use crate::value::{Map, Value};
+use crate::value::Map;
 use chrono_tz::Tz;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
@@ -354,15 +354,6 @@ impl QuotaSettings {
             credits,
             cycle: CycleRule::new(self.cycle.day, zone),
         }
-    }
-}
-
-/// A number given as a number or a numeric string (secrets are written as YAML).
-fn number(value: &Value) -> Option<f64> {
-    match value {
-        Value::Number(n) => Some(*n),
-        Value::String(s) => parse_number(s),
-        _ => None,
     }
 }
 
