@@ -7,7 +7,7 @@
 //! workspace with a `sluice_<name>` secret (`sluice_max_instructions: 5000000`). As with the
 //! rate-limit secrets, one bad value refuses the whole set and errors never echo a value.
 
-use crate::checked::parse_number;
+use crate::checked::number;
 use crate::value::Value;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
@@ -151,11 +151,7 @@ impl Budgets {
                 errors.push(error(UNKNOWN));
                 continue;
             }
-            let number = match value {
-                Value::Number(n) => Some(*n),
-                Value::String(s) => parse_number(s),
-                _ => None,
-            };
+            let number = number(value);
             let (min, max, expected) = match name.as_str() {
                 "max_list_index" => (0.0, MAX_EXACT, "expected a non-negative whole number"),
                 "max_depth" => (

@@ -3,6 +3,7 @@
 //! round `2.5` to a whole `3` and accept negative rates). The settings of every module use
 //! these; a leaf module, so that any of them can.
 
+use crate::value::Value;
 use serde::de::{Error, Visitor};
 use serde::Deserializer;
 use std::fmt;
@@ -10,6 +11,16 @@ use std::fmt;
 /// A decimal number; surrounding blanks are allowed, `inf` and `NaN` are not.
 pub fn parse_number(text: &str) -> Option<f64> {
     text.trim().parse::<f64>().ok().filter(|n| n.is_finite())
+}
+
+/// A number given as a number (as it is) or as its decimal text (see [`parse_number`]);
+/// any other value is none.
+pub(crate) fn number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => Some(*n),
+        Value::String(s) => parse_number(s),
+        _ => None,
+    }
 }
 
 /// A number as given: its value (when it is one) and how to show it in a message.

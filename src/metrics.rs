@@ -134,24 +134,18 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         self.with(|f| {
-            out.push_str("# HELP sluice_executions_total Automation executions.\n# TYPE sluice_executions_total counter\n");
-            for ((ws, slug), n) in &f.executions {
-                let _ = writeln!(
-                    out,
-                    "sluice_executions_total{{workspace=\"{}\",slug=\"{}\"}} {n}",
-                    escape(ws),
-                    escape(slug)
-                );
-            }
-            out.push_str("# HELP sluice_execution_errors_total Failed automation executions.\n# TYPE sluice_execution_errors_total counter\n");
-            for ((ws, slug), n) in &f.errors {
-                let _ = writeln!(
-                    out,
-                    "sluice_execution_errors_total{{workspace=\"{}\",slug=\"{}\"}} {n}",
-                    escape(ws),
-                    escape(slug)
-                );
-            }
+            render_by_slug(
+                &mut out,
+                "sluice_executions_total",
+                "Automation executions.",
+                &f.executions,
+            );
+            render_by_slug(
+                &mut out,
+                "sluice_execution_errors_total",
+                "Failed automation executions.",
+                &f.errors,
+            );
             out.push_str("# HELP sluice_execution_duration_seconds Execution wall time, throttling included.\n# TYPE sluice_execution_duration_seconds histogram\n");
             for (ws, h) in &f.durations {
                 let ws = escape(ws);
@@ -208,46 +202,66 @@ impl Metrics {
     }
 }
 
+/// A counter family by workspace and automation slug.
+fn render_by_slug(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    family: &BTreeMap<(String, String), u64>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for ((ws, slug), n) in family {
+        let _ = writeln!(
+            out,
+            "{name}{{workspace=\"{}\",slug=\"{}\"}} {n}",
+            escape(ws),
+            escape(slug)
+        );
+    }
+}
+
+/// A family of type `kind` by workspace.
+fn render_by_workspace<'a, T: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    kind: &str,
+    rows: impl IntoIterator<Item = (&'a String, T)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (ws, value) in rows {
+        let _ = writeln!(out, "{name}{{workspace=\"{}\"}} {value}", escape(ws));
+    }
+}
+
 /// The credit-quota families.
 fn render_quotas(out: &mut String, f: &Families) {
-    out.push_str("# HELP sluice_quota_credits_used_total Credits used in the current cycle (reset when a cycle starts).\n# TYPE sluice_quota_credits_used_total counter\n");
-    for (ws, (used, _)) in &f.quotas {
-        let _ = writeln!(
-            out,
-            "sluice_quota_credits_used_total{{workspace=\"{}\"}} {used}",
-            escape(ws)
-        );
-    }
-    out.push_str("# HELP sluice_quota_band The workspace's credit band (0: below every band).\n# TYPE sluice_quota_band gauge\n");
-    for (ws, (_, band)) in &f.quotas {
-        let _ = writeln!(
-            out,
-            "sluice_quota_band{{workspace=\"{}\"}} {band}",
-            escape(ws)
-        );
-    }
-    for (name, help, family) in [
-        (
-            "sluice_quota_restricted_total",
-            "Executions whose class their credit band restricted.",
-            &f.restricted,
-        ),
-        (
-            "sluice_quota_fallbacks_total",
-            "Restricted executions that ran their quota.fallback.",
-            &f.fallbacks,
-        ),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for ((ws, slug), n) in family {
-            let _ = writeln!(
-                out,
-                "{name}{{workspace=\"{}\",slug=\"{}\"}} {n}",
-                escape(ws),
-                escape(slug)
-            );
-        }
-    }
+    render_by_workspace(
+        out,
+        "sluice_quota_credits_used_total",
+        "Credits used in the current cycle (reset when a cycle starts).",
+        "counter",
+        f.quotas.iter().map(|(ws, (used, _))| (ws, used)),
+    );
+    render_by_workspace(
+        out,
+        "sluice_quota_band",
+        "The workspace's credit band (0: below every band).",
+        "gauge",
+        f.quotas.iter().map(|(ws, (_, band))| (ws, band)),
+    );
+    render_by_slug(
+        out,
+        "sluice_quota_restricted_total",
+        "Executions whose class their credit band restricted.",
+        &f.restricted,
+    );
+    render_by_slug(
+        out,
+        "sluice_quota_fallbacks_total",
+        "Restricted executions that ran their quota.fallback.",
+        &f.fallbacks,
+    );
 }
 
 /// The named limits' families (SPEC section 7), from their live counters, by workspace

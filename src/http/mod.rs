@@ -72,12 +72,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/workspaces/{ws}/limits", get(limits::read))
         .route("/sys/healthcheck", get(health))
         .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(max_body))
         .with_state(state);
-    match usage {
-        Some(usage) => router.merge(usage.layer(DefaultBodyLimit::max(max_body))),
+    let router = match usage {
+        Some(usage) => router.merge(usage),
         None => router,
-    }
+    };
+    router.layer(DefaultBodyLimit::max(max_body))
 }
 
 /// An error answer: its status and a message for the caller.

@@ -184,15 +184,11 @@ impl Quotas {
         }
         tracing::info!(workspace = ws, plan = ?policy.plan, credits = ?policy.credits.map(credits), "quota policy set");
         s.policy = policy;
-        // A new day or zone may put `now` in another cycle.
-        let cycle = s.policy.cycle.containing(now);
-        if cycle.id == s.cycle.id {
-            // Same cycle, bounds in another zone: its usage carries over.
-            s.cycle = cycle;
-        } else {
-            s.cycle.end = now;
-            s.roll(now, &self.0.orphans);
-        }
+        // A new day or zone may put `now` in another cycle: ending the current one at
+        // `now` makes `roll` move to the cycle of `now` (the same cycle, bounds in another
+        // zone, carries its usage over).
+        s.cycle.end = now;
+        s.roll(now, &self.0.orphans);
     }
 
     /// Reads the `sluice_quota_*` secrets of `ws` into its policy; on an error nothing
@@ -211,12 +207,7 @@ impl Quotas {
     /// Forgets `ws` (its workspace was removed); what it had pending is still written.
     pub fn remove(&self, ws: &str) {
         if let Some((_, state)) = self.0.workspaces.remove(ws) {
-            let mut s = lock(&state);
-            let pending = std::mem::take(&mut s.pending);
-            if !pending.is_empty() {
-                let delta = s.delta(pending);
-                lock(&self.0.orphans).push((s.key(), delta));
-            }
+            lock(&state).orphan_pending(&self.0.orphans);
         }
     }
 

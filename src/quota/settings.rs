@@ -8,9 +8,9 @@
 
 use super::cycle::CycleRule;
 use super::ledger::{micro, MAX_CREDITS};
-use crate::limits::values::parse_number;
+use crate::checked::number;
 use crate::limits::LimitKind;
-use crate::value::{Map, Value};
+use crate::value::Map;
 use chrono_tz::Tz;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
@@ -214,16 +214,12 @@ impl QuotaSettings {
                 self.cycle.timezone
             ));
         }
-        let costs = [
-            ("automations", self.costs.automations),
-            ("emits", self.costs.emits),
-            ("fetchs", self.costs.fetchs),
-            ("repeats", self.costs.repeats),
-        ];
-        for (kind, cost) in costs {
+        for kind in LimitKind::ALL {
+            let cost = self.costs.of(kind);
             if credits_amount(cost).is_err() {
                 return bad(format!(
-                    "quotas.costs.{kind}: {cost} is not valid, expected a number of credits from 0 to {MAX_CREDITS}"
+                    "quotas.costs.{}: {cost} is not valid, expected a number of credits from 0 to {MAX_CREDITS}",
+                    kind.as_str()
                 ));
             }
         }
@@ -332,11 +328,7 @@ impl QuotaSettings {
                 }
             }
         }
-        let credits = credits.unwrap_or_else(|| {
-            plan.as_ref()
-                .and_then(|p| self.plans.get(p))
-                .and_then(|p| credits_amount(p.credits).ok())
-        });
+        let credits = credits.unwrap_or_else(|| self.plan_credits(plan.as_deref()));
         Ok(QuotaPolicy {
             plan,
             credits,
@@ -344,13 +336,17 @@ impl QuotaSettings {
         })
     }
 
+    /// The credits of `plan` as micro-credits: `None` without a plan, for an unknown one
+    /// or for credits that do not convert.
+    fn plan_credits(&self, plan: Option<&str>) -> Option<i64> {
+        plan.and_then(|p| self.plans.get(p))
+            .and_then(|p| credits_amount(p.credits).ok())
+    }
+
     /// The policy of a workspace without quota secrets.
     pub fn default_policy(&self) -> QuotaPolicy {
         let plan = self.default_plan.clone();
-        let credits = plan
-            .as_ref()
-            .and_then(|p| self.plans.get(p))
-            .and_then(|p| credits_amount(p.credits).ok());
+        let credits = self.plan_credits(plan.as_deref());
         // Validated settings parse; the fallback only serves settings built by hand.
         let zone = parse_zone(&self.cycle.timezone).unwrap_or(Tz::UTC);
         QuotaPolicy {
@@ -358,15 +354,6 @@ impl QuotaSettings {
             credits,
             cycle: CycleRule::new(self.cycle.day, zone),
         }
-    }
-}
-
-/// A number given as a number or a numeric string (secrets are written as YAML).
-fn number(value: &Value) -> Option<f64> {
-    match value {
-        Value::Number(n) => Some(*n),
-        Value::String(s) => parse_number(s),
-        _ => None,
     }
 }
 

@@ -77,16 +77,22 @@ impl WsState {
             self.cycle = cycle;
             return;
         }
-        if !self.pending.is_empty() {
-            let pending = std::mem::take(&mut self.pending);
-            let delta = self.delta(pending);
-            lock(orphans).push((self.key(), delta));
-        }
+        self.orphan_pending(orphans);
         self.cycle = cycle;
         self.base = Totals::default();
         self.in_flight = Totals::default();
         self.synced = false;
         self.announced.clear();
+    }
+
+    /// Hands what is pending to `orphans` as a delta of the current cycle, to be written
+    /// by the next flush.
+    pub(super) fn orphan_pending(&mut self, orphans: &Mutex<Vec<(LedgerKey, Ledger)>>) {
+        if !self.pending.is_empty() {
+            let pending = std::mem::take(&mut self.pending);
+            let delta = self.delta(pending);
+            lock(orphans).push((self.key(), delta));
+        }
     }
 
     pub(super) fn key(&self) -> LedgerKey {

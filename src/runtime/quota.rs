@@ -174,12 +174,7 @@ pub(super) fn body<'x>(
 
 /// A rendered amount of credits: a finite number from 0, or text holding one.
 pub(crate) fn credits_of(value: &Value, what: &str) -> Result<f64, ExecError> {
-    let n = match value {
-        Value::Number(n) => Some(*n),
-        Value::String(s) => s.trim().parse::<f64>().ok(),
-        _ => None,
-    };
-    match n {
+    match crate::checked::number(value) {
         Some(n) if n.is_finite() && n >= 0.0 => Ok(n),
         _ => {
             let shown = match value {

@@ -5,8 +5,8 @@
 
 use super::uses::{Target, Use};
 use super::{spec, Ask, NamedLimits, Number, Per, MAX_KEY_BYTES};
+use crate::checked::number;
 use crate::expr::{js_number_to_string, Scope as Variables, Template};
-use crate::limits::values::parse_number;
 use crate::value::Value;
 use std::sync::Arc;
 
@@ -121,11 +121,7 @@ fn render_number(t: &Template, vars: &dyn Variables) -> Result<f64, String> {
 
 /// A finite number, from a number or its decimal text.
 fn as_number(v: &Value) -> Option<f64> {
-    match v {
-        Value::Number(n) if n.is_finite() => Some(*n),
-        Value::String(s) => parse_number(s),
-        _ => None,
-    }
+    number(v).filter(|n| n.is_finite())
 }
 
 fn show(v: &Value) -> String {
