@@ -369,7 +369,7 @@ impl Quotas {
     }
 
     /// The current usage of every workspace known here, by name.
-    /// Workspaces not in use here are read again at most every [`LIST_REFRESH`], so that a
+    /// Workspaces not in use here are read again at most every 15 s (`LIST_REFRESH`), so that a
     /// page or the metrics sync polling every workspace reads each idle one that often, not
     /// at every poll; one workspace's view is always read.
     pub async fn list(&self, now: DateTime<Utc>) -> Result<Vec<(String, UsageView)>, QuotaError> {
